@@ -1,0 +1,61 @@
+"""The escalation console: where an autonomous coding agent asks its founder for help.
+
+`create_app()` is the Flask application factory (`flask --app console ...`,
+`gunicorn 'console:create_app()'`).
+"""
+from __future__ import annotations
+
+import os
+
+from flask import Flask, Response, jsonify
+from sqlalchemy import text
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    from . import cli, realtime
+    from .config import configure
+    from .database import configure_engine
+    from .errors import register_error_handlers
+    from .extensions import csrf, db, migrate
+    from .routes import api, pages, stream
+    from .security import init_security
+
+    configure(app, test_config)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
+    csrf.init_app(app)
+    configure_engine(app)
+    realtime.init_app(app)
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(stream.bp)
+    app.register_blueprint(pages.bp)
+    csrf.exempt(api.bp)  # bearer tokens, never cookies: nothing for a forged form to ride on
+    csrf.exempt(stream.bp)
+    init_security(app)
+    register_error_handlers(app)
+    cli.register(app)
+
+    @app.get("/healthz")
+    def healthz():
+        try:
+            db.session.execute(text("SELECT 1"))
+        except Exception:
+            db.session.rollback()
+            from .errors import problem  # noqa: PLC0415
+
+            return problem(503, "Service unavailable", "The database is not answering.")
+        finally:
+            db.session.remove()
+        return jsonify({"status": "ok"})
+
+    @app.get("/api/openapi.json")
+    def openapi() -> Response:
+        from .openapi import openapi_document  # noqa: PLC0415
+
+        return jsonify(openapi_document())
+
+    return app

@@ -1,0 +1,114 @@
+"""Configuration: defaults, then `CONSOLE_*` environment variables, then `DATABASE_URL`.
+
+Secrets that are not given are generated once and kept in the instance folder, so that
+several worker processes (and later restarts) agree on them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask
+
+# Limits of SPEC §6, in one place so the schemas, the services and the docs agree.
+MAX_BODY_BYTES = 256 * 1024
+MAX_EVENT_PAYLOAD_BYTES = 16 * 1024
+
+GENERATED_SECRETS = ("SECRET_KEY", "JWT_SECRET", "AGENT_TOKEN")
+
+
+class DefaultConfig:
+    MAX_CONTENT_LENGTH = MAX_BODY_BYTES
+    # Forms are small; werkzeug's own form limits would answer 413 in HTML, ours answers JSON.
+    MAX_FORM_MEMORY_SIZE = MAX_BODY_BYTES
+    SQLALCHEMY_TRACK_MODIFICATIONS = False
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False
+    SESSION_COOKIE_NAME = "console_session"
+    PERMANENT_SESSION_LIFETIME = 12 * 3600
+    WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session
+    WTF_CSRF_SSL_STRICT = False  # SameSite=Lax already stops cross-site posts; proxies strip Referer
+    JSON_SORT_KEYS = False
+
+    JWT_SECRET: str | None = None
+    JWT_PUBLIC_KEY: str | None = None
+    JWKS_URL: str | None = None
+    JWT_ISSUER: str | None = None
+    JWT_AUDIENCE: str | None = None
+    JWT_LEEWAY_SECONDS = 10
+    AGENT_TOKEN: str | None = None
+    CORS_ORIGINS: str | None = None  # comma-separated origins of the main web frontend
+    BASE_URL = "http://127.0.0.1:5000"  # used in printed login links
+    LOGIN_LINK_MAX_AGE = 15 * 60
+
+    # Real time (SPEC §6): stream lifetime, heartbeats, SQLite cross-process re-check.
+    SSE_HEARTBEAT_SECONDS = 15.0
+    SSE_MAX_STREAM_SECONDS = 300.0
+    SQLITE_POLL_SECONDS = 0.5
+    LONG_POLL_MAX_SECONDS = 55
+
+
+def database_uri(url: str | None, instance_path: str) -> str:
+    """The SQLAlchemy URI for DATABASE_URL: psycopg 3 for PostgreSQL, a file in the
+    instance folder by default."""
+    if not url:
+        return "sqlite:///" + os.path.join(instance_path, "console.db")
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def engine_options(uri: str) -> dict:
+    if uri.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {
+        "pool_pre_ping": True,  # a connection that died with the server is replaced, not used
+        "pool_size": 10,
+        "max_overflow": 20,
+        "pool_timeout": 5,
+        "pool_recycle": 1800,
+        # Fail fast when the server is gone: 503 within seconds, never a hung worker.
+        "connect_args": {"connect_timeout": 3, "options": "-c statement_timeout=15000"},
+    }
+
+
+def load_generated_secrets(instance_path: str) -> dict[str, str]:
+    """Secrets kept in instance/secrets.json, created atomically by whichever process comes first."""
+    path = Path(instance_path) / "secrets.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = {name: secrets.token_urlsafe(32) for name in GENERATED_SECRETS}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(fresh, fh)
+        try:
+            os.link(tmp, path)  # fails if another process won the race: then read theirs
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    stored = json.loads(path.read_text())
+    return {name: stored[name] for name in GENERATED_SECRETS if stored.get(name)}
+
+
+def configure(app: Flask, test_config: dict | None) -> None:
+    app.config.from_object(DefaultConfig)
+    app.config.from_prefixed_env("CONSOLE")
+    if test_config:
+        app.config.update(test_config)
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = database_uri(os.environ.get("DATABASE_URL"), app.instance_path)
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(uri))
+    if any(not app.config.get(name) for name in GENERATED_SECRETS):
+        generated = load_generated_secrets(app.instance_path)
+        for name in GENERATED_SECRETS:
+            if not app.config.get(name):
+                app.config[name] = generated[name]
+    for name in ("SECRET_KEY", "JWT_SECRET", "AGENT_TOKEN"):
+        app.config[name] = str(app.config[name])

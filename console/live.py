@@ -1,0 +1,81 @@
+"""The console's live updates: each stored event becomes one SSE frame of HTML that the
+htmx SSE extension swaps in out-of-band — a new card at the top of the pending list, a
+card decided elsewhere replaced in place, a line added to the job's timeline, the
+pending count refreshed. Every piece is rendered by the same partials as the pages.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import render_template
+from sqlalchemy import func, select
+
+from .auth import Principal
+from .events import SSEEventType
+from .extensions import db
+from .models import JobEvent
+from .services import escalations as escalation_service
+
+LIVE_EVENT = "update"  # the SSE event name the console listens for
+
+
+def latest_event_id() -> int:
+    return db.session.scalar(select(func.max(JobEvent.id))) or 0
+
+
+def console_frame(founder_id: str, event: JobEvent, *, page: str) -> str:
+    envelope = event.envelope()
+    parts: list[str] = []
+    escalation_id = envelope.get("escalation_id")
+    if event.type in (SSEEventType.AGENT_WAITING_FOR_INPUT, SSEEventType.AGENT_ESCALATION_RESOLVED) and escalation_id:
+        escalation = escalation_service.find_escalation(escalation_id, Principal("founder", founder_id))
+        if escalation is not None:
+            if event.type == SSEEventType.AGENT_WAITING_FOR_INPUT:
+                parts.append(render_template("live/_new_card.html", escalation=escalation))
+            else:
+                parts.append(render_template("escalations/_card.html", escalation=escalation, oob=True))
+            parts.append(render_template("live/_pending_count.html",
+                                         pending_count=escalation_service.count_pending(founder_id)))
+    if page == "job":
+        parts.append(render_template("live/_timeline_item.html", event=envelope))
+    html = "\n".join(parts) or "<template></template>"
+    data = "".join(f"data: {line}\n" for line in html.splitlines())
+    return f"id: {event.id}\nevent: {LIVE_EVENT}\n{data}\n"
+
+
+# --- presentation helpers (Jinja filters) --------------------------------------------------------
+
+def time_ago(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    if when is None:
+        return ""
+    now = now or dt.datetime.now(dt.UTC)
+    seconds = max(0, int((now - when).total_seconds()))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now"
+
+
+def describe_event(envelope: dict[str, Any]) -> str:
+    """One line of the job timeline, in words a founder reads."""
+    kind = envelope.get("type")
+    if kind == SSEEventType.AGENT_RETRYING:
+        attempt = envelope.get("attempt")
+        error = envelope.get("error_type")
+        return "Retrying" + (f" (attempt {attempt})" if attempt is not None else "") + (f" after {error}" if error else "")
+    if kind == SSEEventType.AGENT_WAITING_FOR_INPUT:
+        return f"Asked you: {envelope.get('plain_english_problem', '')}"
+    if kind == SSEEventType.AGENT_ESCALATION_RESOLVED:
+        if envelope.get("status") == "skipped":
+            reason = envelope.get("reason")
+            return "The agent withdrew its question" + (f": {reason}" if reason else "")
+        guidance = envelope.get("guidance")
+        return f"You decided: {envelope.get('resolution')}" + (f" — “{guidance}”" if guidance else "")
+    if kind == SSEEventType.AGENT_BUILD_PAUSED:
+        reason = envelope.get("reason")
+        return "Build paused" + (f": {reason}" if reason else "")
+    detail = envelope.get("reason") or envelope.get("stage") or envelope.get("phase") or envelope.get("note")
+    label = (kind or "event").replace(".", " ").replace("_", " ").capitalize()
+    return f"{label}: {detail}" if detail else label

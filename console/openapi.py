@@ -1,0 +1,131 @@
+"""The OpenAPI 3.1 document of /api, generated from the pydantic models in schemas.py.
+
+`OPERATIONS` lists every /api route; a test checks it against the app's URL map, so a
+route cannot be added without being documented.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from . import schemas as s
+
+FOUNDER, AGENT = "founder", "agent"
+
+# (method, path, summary, who, query model, request model, {status: (description, response model | None)})
+OPERATIONS: list[tuple[str, str, str, tuple[str, ...], type[BaseModel] | None, type[BaseModel] | None, dict]] = [
+    ("get", "/api/escalations/{escalation_id}", "Read one escalation; ?wait=S long-polls while it is pending",
+     (FOUNDER, AGENT), s.EscalationQuery, None, {200: ("The escalation", s.EscalationResponse)}),
+    ("get", "/api/escalations", "The founder's escalations across jobs, newest first, paged by cursor",
+     (FOUNDER,), s.InboxQuery, None, {200: ("A page", s.EscalationPage)}),
+    ("post", "/api/escalations/{escalation_id}/resolve", "The founder's decision (first decision wins)",
+     (FOUNDER,), None, s.ResolveRequest,
+     {200: ("Resolved (or the identical decision retried)", s.EscalationResponse),
+      409: ("Already decided differently, or skipped; `escalation` is the current record", s.ProblemDetails)}),
+    ("post", "/api/escalations/{escalation_id}/skip", "The agent withdraws its question",
+     (AGENT,), None, s.SkipRequest,
+     {200: ("Skipped", s.EscalationResponse), 409: ("Already resolved", s.ProblemDetails)}),
+    ("get", "/api/jobs/{job_id}/escalations", "A job's escalations, newest first",
+     (FOUNDER, AGENT), s.JobEscalationsQuery, None,
+     {200: ("The list ([] for an unknown or foreign job)", {"type": "array", "items": {"$ref": "#/components/schemas/EscalationResponse"}})}),
+    ("post", "/api/jobs/{job_id}/escalations", "Escalate (or count another occurrence of the open escalation)",
+     (AGENT,), None, s.EscalationCreate,
+     {201: ("Created; emits agent.waiting_for_input", s.EscalationResponse),
+      200: ("The pending escalation with the same signature, occurrences + 1", s.EscalationResponse),
+      409: ("The job belongs to another founder", s.ProblemDetails)}),
+    ("post", "/api/jobs/{job_id}/events", "Post an agent event to the job's stream",
+     (AGENT,), None, s.EventCreate,
+     {201: ("The stored event", s.EventEnvelope), 409: ("The job belongs to another founder", s.ProblemDetails)}),
+    ("get", "/api/jobs/{job_id}/events", "The job's stored events in id order",
+     (FOUNDER, AGENT), s.EventsQuery, None, {200: ("A page", s.EventPage)}),
+    ("get", "/api/jobs/{job_id}/events/stream",
+     "Server-Sent Events: replay after Last-Event-ID or ?after=, then live; heartbeat every 15 s",
+     (FOUNDER, AGENT), s.StreamQuery, None,
+     {200: ("text/event-stream of `id:`/`event:`/`data:` frames", "text/event-stream"),
+      404: ("Unknown or foreign job", s.ProblemDetails)}),
+]
+
+MODELS = [s.EscalationCreate, s.EscalationOption, s.ResolveRequest, s.SkipRequest, s.EventCreate,
+          s.EscalationResponse, s.EscalationPage, s.EventEnvelope, s.EventPage, s.ProblemDetails, s.HealthResponse]
+
+COMMON_ERRORS = {
+    401: "Missing or invalid credentials (WWW-Authenticate: Bearer)",
+    403: "The wrong kind of caller (agent token on a founder action, or the reverse)",
+    404: "Not found, or not yours",
+    413: "Body over 256 KiB",
+    415: "Body is not JSON",
+    422: "Invalid input: `errors` lists [{field, message}]",
+    503: "The database is not answering; retry",
+}
+
+
+def _schema_ref(model: Any) -> dict:
+    if isinstance(model, dict):
+        return model
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _parameters(path: str, query_model: type[BaseModel] | None) -> list[dict]:
+    params = [{"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+              for part in path.split("/") if part.startswith("{")]
+    if query_model is not None:
+        schema = query_model.model_json_schema()
+        for name, prop in schema.get("properties", {}).items():
+            params.append({"name": name, "in": "query", "required": name in schema.get("required", []),
+                           "schema": prop, "description": prop.get("description", "")})
+    if path.endswith("/stream"):
+        params.append({"name": "Last-Event-ID", "in": "header", "required": False,
+                       "schema": {"type": "integer", "minimum": 0}})
+    return params
+
+
+@functools.cache
+def openapi_document() -> dict:
+    _, top = models_json_schema([(m, "validation") for m in MODELS], ref_template="#/components/schemas/{model}")
+    paths: dict[str, dict] = {}
+    for method, path, summary, who, query_model, body_model, responses in OPERATIONS:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "security": [{"founderJWT": []} if w == FOUNDER else {"agentToken": []} for w in who],
+            "parameters": _parameters(path, query_model),
+            "responses": {},
+        }
+        if body_model is not None:
+            operation["requestBody"] = {"required": body_model is not s.SkipRequest,
+                                        "content": {"application/json": {"schema": _schema_ref(body_model)}}}
+        for status, (description, model) in responses.items():
+            content_type = "application/problem+json" if model is s.ProblemDetails else "application/json"
+            if model == "text/event-stream":
+                operation["responses"][str(status)] = {
+                    "description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+                continue
+            operation["responses"][str(status)] = {
+                "description": description, "content": {content_type: {"schema": _schema_ref(model)}}}
+        for status, description in COMMON_ERRORS.items():
+            operation["responses"].setdefault(str(status), {
+                "description": description,
+                "content": {"application/problem+json": {"schema": _schema_ref(s.ProblemDetails)}}})
+        paths.setdefault(path, {})[method] = operation
+    paths["/healthz"] = {"get": {"summary": "Liveness and database reachability", "operationId": "get_healthz",
+                                 "security": [], "responses": {
+                                     "200": {"description": "ok", "content": {"application/json": {"schema": _schema_ref(s.HealthResponse)}}},
+                                     "503": {"description": "The database is not answering",
+                                             "content": {"application/problem+json": {"schema": _schema_ref(s.ProblemDetails)}}}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Escalation console API", "version": "1.0.0",
+                 "description": "Agents escalate; founders decide; the decision flows back over the job's event stream."},
+        "paths": paths,
+        "components": {
+            "schemas": top["$defs"],
+            "securitySchemes": {
+                "founderJWT": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                               "description": "A founder's JWT: `sub` is the founder id"},
+                "agentToken": {"type": "http", "scheme": "bearer", "description": "CONSOLE_AGENT_TOKEN"},
+            },
+        },
+    }

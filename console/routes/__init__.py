@@ -1,0 +1,1 @@
+"""Blueprints: api (JSON), stream (SSE), pages (the HTML console)."""

@@ -1,0 +1,115 @@
+"""The JSON API (SPEC §6): parse, call a service, serialise. No rules live here."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, json, jsonify, request
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from .. import realtime
+from ..auth import api_auth
+from ..schemas import (
+    EscalationCreate, EscalationQuery, EventCreate, EventsQuery, InboxQuery, JobEscalationsQuery, ResolveRequest,
+    SkipRequest, escalation_json, parse,
+)
+from ..services import escalations as escalation_service
+from ..services import jobs as job_service
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def json_body(*, required: bool = True) -> dict[str, Any]:
+    """The request's JSON object: 415 when it is not JSON, 400 when it does not parse or is
+    not an object (413 over the size limit comes from MAX_CONTENT_LENGTH)."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        if required:
+            raise BadRequest("The request body is empty; send a JSON object.")
+        return {}
+    if not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
+        raise UnsupportedMediaType("Send the body as JSON, with 'Content-Type: application/json'.")
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise BadRequest(f"The body is not valid JSON: {error}.") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.")
+    return data
+
+
+def query(model):
+    return parse(model, request.args.to_dict())
+
+
+# --- escalations -----------------------------------------------------------------------------
+
+@bp.get("/escalations/<escalation_id>")
+@api_auth()
+def get_escalation(escalation_id: str):
+    wait = query(EscalationQuery).wait
+    if wait:
+        escalation = realtime.wait_until_settled(escalation_id, g.principal, wait)
+    else:
+        escalation = escalation_service.get_escalation(escalation_id, g.principal)
+    return jsonify(escalation_json(escalation))
+
+
+@bp.get("/jobs/<job_id>/escalations")
+@api_auth()
+def list_job_escalations(job_id: str):
+    params = query(JobEscalationsQuery)
+    items = escalation_service.list_job_escalations(job_id, g.principal, params.status)
+    return jsonify([escalation_json(e) for e in items])
+
+
+@bp.post("/jobs/<job_id>/escalations")
+@api_auth(founder=False)
+def create_escalation(job_id: str):
+    data = parse(EscalationCreate, json_body())
+    escalation, created = escalation_service.create_escalation(job_id, data)
+    return jsonify(escalation_json(escalation)), 201 if created else 200
+
+
+@bp.get("/escalations")
+@api_auth(agent=False)
+def list_founder_escalations():
+    params = query(InboxQuery)
+    items, next_cursor = escalation_service.list_founder_escalations(
+        g.principal.founder_id, status=params.status, project_id=params.project_id, job_id=params.job_id,
+        limit=params.limit, cursor=params.cursor)
+    return jsonify({"items": [escalation_json(e) for e in items], "next_cursor": next_cursor})
+
+
+@bp.post("/escalations/<escalation_id>/resolve")
+@api_auth(agent=False)
+def resolve_escalation(escalation_id: str):
+    data = parse(ResolveRequest, json_body())
+    escalation = escalation_service.resolve_escalation(escalation_id, g.principal.founder_id,
+                                                       data.decision, data.guidance)
+    return jsonify(escalation_json(escalation))
+
+
+@bp.post("/escalations/<escalation_id>/skip")
+@api_auth(founder=False)
+def skip_escalation(escalation_id: str):
+    data = parse(SkipRequest, json_body(required=False))
+    return jsonify(escalation_json(escalation_service.skip_escalation(escalation_id, data.reason)))
+
+
+# --- the job event log -----------------------------------------------------------------------
+
+@bp.post("/jobs/<job_id>/events")
+@api_auth(founder=False)
+def post_job_event(job_id: str):
+    data = parse(EventCreate, json_body())
+    event = job_service.post_job_event(job_id, data.type, data.founder_id, data.project_id, data.payload)
+    return jsonify(event.envelope()), 201
+
+
+@bp.get("/jobs/<job_id>/events")
+@api_auth()
+def list_job_events(job_id: str):
+    params = query(EventsQuery)
+    events = job_service.list_job_events(job_id, g.principal, params.after, params.limit)
+    return jsonify({"items": [e.envelope() for e in events],
+                    "next_after": events[-1].id if events else params.after})

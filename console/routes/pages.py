@@ -1,0 +1,207 @@
+"""The founder console (SPEC §7): the same services as the API, templates instead of JSON.
+
+Every form works without JavaScript (post/redirect/get with 303); with htmx the resolve
+form swaps its card in place and gets the card alone back.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from flask import (
+    Blueprint, Response, current_app, redirect, render_template, request, stream_with_context, url_for,
+)
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token
+from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from ..realtime import founder_event_stream, job_event_stream
+from ..routes.stream import resume_point, sse_response
+from ..schemas import ResolveRequest, parse
+from ..services import escalations as escalation_service
+from ..services import jobs as job_service
+from ..live import console_frame, describe_event, latest_event_id, time_ago
+
+bp = Blueprint("pages", __name__)
+
+INBOX_PAGE_SIZE = 100
+RECENTLY_DECIDED = 20
+TIMELINE_LENGTH = 200
+
+
+def is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def login_required(view: Callable) -> Callable:
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if current_founder_id() is None:
+            return redirect(url_for("pages.login", next=request.full_path.rstrip("?")), 303)
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def founder() -> Principal:
+    return Principal("founder", current_founder_id())
+
+
+# --- signing in and out ------------------------------------------------------------------------
+
+def _safe_next(target: str | None) -> str:
+    """Only local paths: never an open redirect."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("pages.inbox")
+
+
+@bp.get("/login")
+def login():
+    return render_template("login.html", next=request.args.get("next", ""))
+
+
+@bp.post("/login")
+def login_submit():
+    token = (request.form.get("token") or "").strip()
+    try:
+        founder_id = verify_founder_token(token)
+    except Unauthorized as error:
+        return render_template("login.html", error=error.detail, next=request.form.get("next", "")), 401
+    start_console_session(founder_id)
+    return redirect(_safe_next(request.form.get("next")), 303)
+
+
+def _login_links() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="console-login-link")
+
+
+def make_login_link(founder_id: str) -> str:
+    """A short-lived link that signs the founder in (after one confirming click)."""
+    token = _login_links().dumps({"founder_id": founder_id})
+    return current_app.config["BASE_URL"].rstrip("/") + url_for("pages.login_link", t=token)
+
+
+def _founder_from_link(token: str) -> str | None:
+    try:
+        data = _login_links().loads(token, max_age=current_app.config["LOGIN_LINK_MAX_AGE"])
+    except (SignatureExpired, BadSignature):
+        return None
+    return data.get("founder_id") if isinstance(data, dict) else None
+
+
+@bp.get("/login/link")
+def login_link():
+    # A page with one button, not a sign-in: link previewers (chat apps, mail scanners) GET links.
+    token = request.args.get("t", "")
+    if _founder_from_link(token) is None:
+        return render_template("login.html", error="This sign-in link has expired or is not valid. "
+                                                   "Ask for a new one, or paste a token below."), 400
+    return render_template("login_link.html", token=token)
+
+
+@bp.post("/login/link")
+def login_link_submit():
+    founder_id = _founder_from_link(request.form.get("t", ""))
+    if founder_id is None:
+        return render_template("login.html", error="This sign-in link has expired or is not valid."), 400
+    start_console_session(founder_id)
+    return redirect(url_for("pages.inbox"), 303)
+
+
+@bp.post("/logout")
+def logout():
+    end_console_session()
+    return redirect(url_for("pages.login"), 303)
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+@bp.get("/")
+@login_required
+def inbox():
+    founder_id = current_founder_id()
+    live_after = latest_event_id()  # before the reads: nothing committed after them is missed
+    pending, next_cursor = escalation_service.list_founder_escalations(
+        founder_id, status="pending", limit=INBOX_PAGE_SIZE, cursor=request.args.get("cursor") or None)
+    decided = [e for e in escalation_service.list_founder_escalations(founder_id, limit=RECENTLY_DECIDED + len(pending))[0]
+               if e.status != "pending"][:RECENTLY_DECIDED]
+    return render_template("inbox.html", pending=pending, decided=decided, next_cursor=next_cursor,
+                           pending_count=escalation_service.count_pending(founder_id), live_after=live_after)
+
+
+@bp.get("/jobs/<job_id>")
+@login_required
+def job(job_id: str):
+    live_after = latest_event_id()
+    escalations = escalation_service.list_job_escalations(job_id, founder())
+    escalations.sort(key=lambda e: e.status != "pending")  # stable: pending first, each newest first
+    events = job_service.list_job_events(job_id, founder(), 0, 10_000)[-TIMELINE_LENGTH:]
+    return render_template("job.html", job_id=job_id, escalations=escalations, events=events,
+                           known=bool(escalations or events), live_after=live_after)
+
+
+@bp.get("/escalations/<escalation_id>")
+@login_required
+def escalation(escalation_id: str):
+    found = escalation_service.get_escalation(escalation_id, founder())
+    return render_template("escalation.html", escalation=found)
+
+
+@bp.get("/escalations/<escalation_id>/card")
+@login_required
+def escalation_card(escalation_id: str):
+    found = escalation_service.get_escalation(escalation_id, founder())
+    return render_template("escalations/_card.html", escalation=found)
+
+
+@bp.post("/escalations/<escalation_id>/resolve")
+@login_required
+def resolve(escalation_id: str):
+    decision = request.form.get("decision")
+    guidance = request.form.get("guidance")
+    form = {"decision": decision, "guidance": guidance or ""}
+    try:
+        data = parse(ResolveRequest, {"decision": decision or "", "guidance": guidance})
+        resolved = escalation_service.resolve_escalation(escalation_id, current_founder_id(), data.decision,
+                                                         data.guidance)
+    except ValidationFailed as error:
+        current = escalation_service.get_escalation(escalation_id, founder())  # 404 for a foreign id
+        errors = {e.field.split(".")[0]: e.message for e in error.errors}
+        return _card_response(current, 422, form=form, errors=errors)
+    except Conflict as error:
+        return _card_response(error.escalation, 409, notice=error.detail)
+    if is_htmx():
+        return _card_response(resolved, 200, notice="Sent. The agent has your answer.")
+    return redirect(url_for("pages.escalation", escalation_id=resolved.id), 303)
+
+
+def _card_response(escalation, status: int, **card):
+    if is_htmx():
+        return render_template("escalations/_card.html", escalation=escalation, **card), status
+    return render_template("escalation.html", escalation=escalation, **card), status
+
+
+# --- live updates (htmx SSE extension) -------------------------------------------------------------
+
+@bp.get("/live")
+@login_required
+def inbox_live() -> Response:
+    founder_id = current_founder_id()
+    render = functools.partial(console_frame, founder_id, page="inbox")
+    frames = founder_event_stream(current_app._get_current_object(), founder_id, resume_point(), render)
+    return sse_response(stream_with_context(frames))
+
+
+@bp.get("/jobs/<job_id>/live")
+@login_required
+def job_live(job_id: str) -> Response:
+    if not job_service.job_visible_to(job_id, founder()):
+        raise NotFound(f"There is no job {job_id!r}.")
+    render = functools.partial(console_frame, current_founder_id(), page="job")
+    frames = job_event_stream(current_app._get_current_object(), job_id, resume_point(), render)
+    return sse_response(stream_with_context(frames))
+
+
+bp.add_app_template_filter(time_ago, "time_ago")
+bp.add_app_template_filter(describe_event, "describe_event")

@@ -1,0 +1,249 @@
+"""Request and response models of the JSON API (pydantic 2); also the OpenAPI source.
+
+They check shape, types and lengths. Rules that need the stored record (a decision must
+be one of the escalation's options, guidance that an option requires, who may do what)
+live in the services.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, ValidationError, field_validator,
+    model_validator,
+)
+
+from .config import MAX_EVENT_PAYLOAD_BYTES
+from .errors import FieldError, ValidationFailed
+from .events import AGENT_EVENT_TYPES, ENVELOPE_KEYS, SERVER_OWNED_EVENT_TYPES
+
+MAX_OPTIONS = 10
+MAX_ATTEMPTS = 50
+MAX_TEXT = 10_000
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+ShortId = Annotated[str, StringConstraints(min_length=1, max_length=100)]  # keeps the signature within 255
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+OptionalText = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+OptionValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")]
+Timestamp = Annotated[dt.datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str, when_used="json")]
+Status = Literal["pending", "resolved", "skipped"]
+
+
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+class EscalationOption(BaseModel):
+    """One answer the founder can pick. `value` is what the agent receives back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: OptionValue = Field(description="Machine value: 1-100 of A-Z a-z 0-9 _ . : -")
+    label: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    description: OptionalText = ""
+    requires_guidance: bool | None = Field(None, description="The founder must write guidance with it")
+    recommended: bool | None = Field(None, description="The agent's recommended answer")
+
+
+class EscalationCreate(BaseModel):
+    """Body of POST /api/jobs/{job_id}/escalations (the agent escalates)."""
+
+    session_id: Id
+    project_id: ShortId
+    founder_id: Id
+    error_type: ShortId
+    plain_english_problem: Text
+    recommended_action: Text
+    attempts_summary: list[Text] = Field(default_factory=list, max_length=MAX_ATTEMPTS)
+    options: list[EscalationOption] = Field(default_factory=list, max_length=MAX_OPTIONS)
+    error_message: Text | None = Field(None, description="Raw error text, used only for the signature; never stored")
+    error_signature: Id | None = Field(None, description="The agent's own signature, stored as given")
+
+    _blank = field_validator("session_id", "project_id", "founder_id", "error_type",
+                             "plain_english_problem", "recommended_action")(_not_blank)
+
+    @field_validator("options")
+    @classmethod
+    def _unique_values(cls, options: list[EscalationOption]) -> list[EscalationOption]:
+        values = [o.value for o in options]
+        if len(values) != len(set(values)):
+            raise ValueError("option values must be unique")
+        return options
+
+    @model_validator(mode="after")
+    def _one_signature_source(self) -> EscalationCreate:
+        if (self.error_message is None) == (self.error_signature is None):
+            raise ValueError("error_message: send exactly one of error_message and error_signature")
+        return self
+
+
+class ResolveRequest(BaseModel):
+    """Body of POST /api/escalations/{id}/resolve (the founder decides)."""
+
+    decision: Annotated[str, StringConstraints(max_length=255)] = Field(
+        description="One of the escalation's option values (any value when it has none)")
+    guidance: OptionalText | None = Field(None, description="Free text for the agent; stripped, blank becomes null")
+
+
+class SkipRequest(BaseModel):
+    """Body of POST /api/escalations/{id}/skip (the agent withdraws the question)."""
+
+    reason: OptionalText | None = None
+
+
+class EventCreate(BaseModel):
+    """Body of POST /api/jobs/{job_id}/events: `type`, `founder_id`, optional `project_id`,
+    and any other keys as the flat payload (at most 16 KiB as JSON)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="An agent-posted SSEEventType value")
+    founder_id: Id
+    project_id: ShortId | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _agent_type(cls, value: str) -> str:
+        if value in SERVER_OWNED_EVENT_TYPES:
+            raise ValueError(f"{value!r} is emitted by the server and cannot be posted")
+        if value not in AGENT_EVENT_TYPES:
+            raise ValueError(f"unknown event type {value!r}; expected one of {', '.join(sorted(AGENT_EVENT_TYPES))}")
+        return value
+
+    @model_validator(mode="after")
+    def _payload_limits(self) -> EventCreate:
+        reserved = ENVELOPE_KEYS & set(self.payload)
+        if reserved:
+            raise ValueError(f"payload: the keys {sorted(reserved)} are set by the server")
+        if len(json.dumps(self.payload).encode()) > MAX_EVENT_PAYLOAD_BYTES:
+            raise ValueError("payload: larger than 16 KiB as JSON")
+        return self
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EscalationResponse(BaseModel):
+    """An escalation as the API serves it (SPEC §6)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    session_id: str
+    job_id: str
+    project_id: str
+    founder_id: str
+    error_type: str
+    error_signature: str
+    plain_english_problem: str
+    attempts_summary: list[str]
+    recommended_action: str
+    options: list[dict[str, Any]] = Field(json_schema_extra={"items": {"$ref": "#/components/schemas/EscalationOption"}})
+    status: Status
+    founder_decision: str | None
+    founder_guidance: str | None
+    created_at: Timestamp
+    resolved_at: Timestamp | None
+    occurrences: int
+    last_seen_at: Timestamp
+
+
+class EscalationPage(BaseModel):
+    items: list[EscalationResponse]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last")
+
+
+class EventEnvelope(BaseModel):
+    """A stored event: these keys plus the event's flat payload."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    type: str
+    job_id: str
+    timestamp: str
+
+
+class EventPage(BaseModel):
+    items: list[EventEnvelope]
+    next_after: int
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] | None = Field(None, description="422: [{field, message}]")
+    escalation: EscalationResponse | None = Field(None, description="409: the current record")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+# --- query strings ---------------------------------------------------------------------------
+
+class JobEscalationsQuery(BaseModel):
+    status: Status | None = None
+
+
+class InboxQuery(BaseModel):
+    status: Status | None = None
+    project_id: Id | None = None
+    job_id: Id | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class EventsQuery(BaseModel):
+    after: int = Field(0, ge=0, le=2**63 - 1)
+    limit: int = Field(100, ge=1, le=500)
+
+
+class EscalationQuery(BaseModel):
+    wait: float | None = Field(None, gt=0, le=55, description="Long-poll: hold up to S seconds while pending")
+
+
+class StreamQuery(BaseModel):
+    after: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def field_errors(error: ValidationError) -> list[FieldError]:
+    out = []
+    for item in error.errors(include_url=False):
+        loc = [str(p) for p in item["loc"]]
+        field = ".".join(loc) if loc else "body"
+        message = item["msg"].removeprefix("Value error, ")
+        if not loc and item["type"] == "value_error":
+            # model-level rules say "field: message"
+            named, sep, rest = message.partition(": ")
+            if sep and named.isidentifier():
+                field, message = named, rest
+        out.append(FieldError(field, message))
+    return out
+
+
+def parse(model: type[BaseModel], data: Any):
+    """Validate `data` against `model`, raising ValidationFailed (422) with field errors."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ValidationFailed(field_errors(error)) from None
+
+
+def escalation_json(escalation) -> dict[str, Any]:
+    return EscalationResponse.model_validate(escalation).model_dump(mode="json")

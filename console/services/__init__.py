@@ -1,0 +1,1 @@
+"""The services layer: every rule of the escalation lifecycle and of jobs lives here."""

@@ -1,0 +1,266 @@
+"""The escalation lifecycle: create, read, list, resolve, skip. Every rule lives here; the
+JSON API and the console are two thin faces of these functions.
+
+A service never reads the request: callers pass who is acting (a Principal or a founder
+id) and validated input.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select, text, tuple_, update
+
+from ..auth import AGENT, Principal
+from ..database import write_transaction
+from ..errors import Conflict, FieldError, NotFound, ValidationFailed
+from ..events import SSEEventType, record_event
+from ..extensions import db
+from ..models import PENDING, RESOLVED, SKIPPED, AgentEscalation, utcnow
+from ..schemas import EscalationCreate
+from ..signatures import error_signature
+from .jobs import claim_job, dialect_insert
+
+PROVIDE_GUIDANCE = "provide_guidance"  # the conventional option whose answer is the guidance itself
+MAX_ID_LENGTH = 255
+
+
+# --- create ----------------------------------------------------------------------------------
+
+def create_escalation(job_id: str, data: EscalationCreate) -> tuple[AgentEscalation, bool]:
+    """Open an escalation, or count another occurrence of the pending one with the same
+    job and error signature. Returns (escalation, created). Race-safe: concurrent identical
+    creates collapse into one row by the partial unique index."""
+    if not job_id or len(job_id) > MAX_ID_LENGTH:
+        raise ValidationFailed([FieldError("job_id", f"must be 1-{MAX_ID_LENGTH} characters")])
+    signature = data.error_signature
+    if signature is None:
+        signature = error_signature(data.project_id, data.error_type, data.error_message or "")
+    now = utcnow()
+    new_id = uuid.uuid4()
+    upsert = (
+        dialect_insert(AgentEscalation)
+        .values(
+            id=new_id, session_id=data.session_id, job_id=job_id, project_id=data.project_id,
+            founder_id=data.founder_id, error_type=data.error_type, error_signature=signature,
+            plain_english_problem=data.plain_english_problem, recommended_action=data.recommended_action,
+            attempts_summary=list(data.attempts_summary),
+            options=[option.model_dump(exclude_none=True) for option in data.options],
+            status=PENDING, occurrences=1, created_at=now, last_seen_at=now,
+        )
+        .on_conflict_do_update(
+            index_elements=["job_id", "error_signature"],
+            index_where=text("status = 'pending'"),
+            set_={"occurrences": AgentEscalation.occurrences + 1, "last_seen_at": now},
+        )
+        .returning(AgentEscalation)
+    )
+    with write_transaction():
+        claim_job(job_id, data.founder_id, data.project_id)
+        escalation = db.session.scalars(upsert, execution_options={"populate_existing": True}).one()
+        created = escalation.id == new_id
+        if created:
+            record_event(job_id, escalation.founder_id, SSEEventType.AGENT_WAITING_FOR_INPUT, {
+                "escalation_id": str(escalation.id),
+                "project_id": escalation.project_id,
+                "error_type": escalation.error_type,
+                "plain_english_problem": escalation.plain_english_problem,
+            })
+    return escalation, created
+
+
+# --- read ------------------------------------------------------------------------------------
+
+def _parse_id(escalation_id: str | uuid.UUID) -> uuid.UUID | None:
+    if isinstance(escalation_id, uuid.UUID):
+        return escalation_id
+    try:
+        return uuid.UUID(escalation_id)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def find_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> AgentEscalation | None:
+    """The escalation if it exists and the caller may see it (agents: any; founders: their own)."""
+    parsed = _parse_id(escalation_id)
+    if parsed is None:
+        return None
+    escalation = db.session.get(AgentEscalation, parsed, populate_existing=True)
+    if escalation is None or (not principal.is_agent and escalation.founder_id != principal.founder_id):
+        return None
+    return escalation
+
+
+def get_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> AgentEscalation:
+    """Like find_escalation, but NotFound; a foreign record answers exactly like a missing one."""
+    escalation = find_escalation(escalation_id, principal)
+    if escalation is None:
+        raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
+    return escalation
+
+
+def list_job_escalations(job_id: str, principal: Principal, status: str | None = None) -> list[AgentEscalation]:
+    """A job's escalations, newest first ([] for an unknown or foreign job)."""
+    query = select(AgentEscalation).where(AgentEscalation.job_id == job_id)
+    if not principal.is_agent:
+        query = query.where(AgentEscalation.founder_id == principal.founder_id)
+    if status:
+        query = query.where(AgentEscalation.status == status)
+    query = query.order_by(AgentEscalation.created_at.desc(), AgentEscalation.id.desc())
+    return list(db.session.scalars(query))
+
+
+def encode_cursor(escalation: AgentEscalation) -> str:
+    raw = json.dumps([escalation.created_at.isoformat(), escalation.id.hex], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, escalation_id = json.loads(raw)
+        when = dt.datetime.fromisoformat(created_at)
+        if when.tzinfo is None:
+            raise ValueError("naive")
+        return when, uuid.UUID(escalation_id)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed([FieldError("cursor", "not a cursor this API handed out; "
+                                                     "pass next_cursor from the previous page")]) from None
+
+
+def list_founder_escalations(founder_id: str, *, status: str | None = None, project_id: str | None = None,
+                             job_id: str | None = None, limit: int = 50,
+                             cursor: str | None = None) -> tuple[list[AgentEscalation], str | None]:
+    """The founder's escalations across jobs, newest first, a page at a time (keyset)."""
+    query = select(AgentEscalation).where(AgentEscalation.founder_id == founder_id)
+    if status:
+        query = query.where(AgentEscalation.status == status)
+    if project_id:
+        query = query.where(AgentEscalation.project_id == project_id)
+    if job_id:
+        query = query.where(AgentEscalation.job_id == job_id)
+    if cursor:
+        created_at, escalation_id = decode_cursor(cursor)
+        query = query.where(tuple_(AgentEscalation.created_at, AgentEscalation.id) < tuple_(created_at, escalation_id))
+    query = query.order_by(AgentEscalation.created_at.desc(), AgentEscalation.id.desc()).limit(limit + 1)
+    rows = list(db.session.scalars(query))
+    if len(rows) > limit:
+        return rows[:limit], encode_cursor(rows[limit - 1])
+    return rows, None
+
+
+def count_pending(founder_id: str) -> int:
+    return db.session.scalar(select(func.count()).select_from(AgentEscalation).where(
+        AgentEscalation.founder_id == founder_id, AgentEscalation.status == PENDING)) or 0
+
+
+# --- resolve and skip ------------------------------------------------------------------------
+
+def guidance_required(escalation: AgentEscalation, decision: str | None) -> bool:
+    option = escalation.option(decision)
+    return decision == PROVIDE_GUIDANCE or bool(option and option.get("requires_guidance"))
+
+
+def _check_decision(escalation: AgentEscalation, decision: str, guidance: str | None) -> None:
+    errors = []
+    if not decision:
+        errors.append(FieldError("decision", "Choose one of the options."))
+    elif escalation.options and escalation.option(decision) is None:
+        allowed = ", ".join(o["value"] for o in escalation.options)
+        errors.append(FieldError("decision", f"{decision!r} is not one of this escalation's options ({allowed})."))
+    if decision and guidance is None and guidance_required(escalation, decision):
+        errors.append(FieldError("guidance", "This choice needs guidance: tell the agent what you want."))
+    if errors:
+        raise ValidationFailed(errors)
+
+
+def _describe_settled(escalation: AgentEscalation) -> str:
+    when = escalation.resolved_at.isoformat() if escalation.resolved_at else "earlier"
+    if escalation.status == SKIPPED:
+        return f"The agent withdrew this question at {when}; there is nothing left to decide."
+    option = escalation.option(escalation.founder_decision)
+    chosen = option["label"] if option else escalation.founder_decision
+    return f"This escalation was already decided at {when} ({chosen!r}); a decision cannot be changed."
+
+
+def _already_settled(escalation: AgentEscalation, decision: str, guidance: str | None) -> AgentEscalation:
+    """A retry of the very same decision is a success; anything else is a conflict."""
+    if (escalation.status == RESOLVED and escalation.founder_decision == decision
+            and escalation.founder_guidance == guidance):
+        return escalation
+    raise Conflict(_describe_settled(escalation), escalation)
+
+
+def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision: str | None,
+                       guidance: str | None) -> AgentEscalation:
+    """The founder's decision. Only the owner may decide (others get NotFound); the
+    decision must be one of the options; guidance is stripped (blank → None) and required
+    for `provide_guidance` and options that say so. The first decision wins: it is one
+    conditional UPDATE, so under any number of concurrent resolves exactly one applies and
+    emits `agent.escalation_resolved`."""
+    escalation = get_escalation(escalation_id, Principal("founder", founder_id))
+    decision = (decision or "").strip()
+    guidance = (guidance or "").strip() or None
+    if escalation.status != PENDING:
+        return _already_settled(escalation, decision, guidance)
+    _check_decision(escalation, decision, guidance)
+    now = utcnow()
+    with write_transaction():
+        won = db.session.scalars(
+            update(AgentEscalation)
+            .where(AgentEscalation.id == escalation.id, AgentEscalation.status == PENDING)
+            .values(status=RESOLVED, founder_decision=decision, founder_guidance=guidance, resolved_at=now)
+            .returning(AgentEscalation),
+            execution_options={"populate_existing": True, "synchronize_session": False},
+        ).one_or_none()
+        if won is None:
+            current = db.session.get(AgentEscalation, escalation.id, populate_existing=True)
+        else:
+            record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED,
+                         _resolution_payload(won))
+    if won is None:
+        return _already_settled(current, decision, guidance)
+    return won
+
+
+def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None) -> AgentEscalation:
+    """The agent withdraws its question. Skipping twice is fine; a decided one is a conflict."""
+    escalation = get_escalation(escalation_id, AGENT)
+    if escalation.status == SKIPPED:
+        return escalation
+    if escalation.status == RESOLVED:
+        raise Conflict(_describe_settled(escalation), escalation)
+    reason = (reason or "").strip() or None
+    with write_transaction():
+        won = db.session.scalars(
+            update(AgentEscalation)
+            .where(AgentEscalation.id == escalation.id, AgentEscalation.status == PENDING)
+            .values(status=SKIPPED, resolved_at=utcnow())
+            .returning(AgentEscalation),
+            execution_options={"populate_existing": True, "synchronize_session": False},
+        ).one_or_none()
+        if won is None:
+            current = db.session.get(AgentEscalation, escalation.id, populate_existing=True)
+        else:
+            record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED,
+                         {**_resolution_payload(won), "reason": reason})
+    if won is not None:
+        return won
+    if current.status == SKIPPED:
+        return current
+    raise Conflict(_describe_settled(current), current)
+
+
+def _resolution_payload(escalation: AgentEscalation) -> dict[str, Any]:
+    return {
+        "escalation_id": str(escalation.id),
+        "project_id": escalation.project_id,
+        "status": escalation.status,
+        "resolution": escalation.founder_decision if escalation.status == RESOLVED else None,
+        "guidance": escalation.founder_guidance,
+        "resolved_at": escalation.resolved_at.isoformat() if escalation.resolved_at else None,
+    }

@@ -1,0 +1,66 @@
+// The console's only script (CSP: no inline script). Progressive enhancement: every form
+// works without it.
+(function () {
+  "use strict";
+
+  // Mark the guidance field required when the chosen option needs guidance.
+  function syncGuidance(form) {
+    var chosen = form.querySelector('input[name="decision"]:checked');
+    var needs = !!(chosen && chosen.dataset.requiresGuidance === "true");
+    form.classList.toggle("decide--needs-guidance", needs);
+    var textarea = form.querySelector('textarea[name="guidance"]');
+    if (textarea) textarea.setAttribute("aria-required", needs ? "true" : "false");
+  }
+  function syncAll(root) {
+    (root || document).querySelectorAll("form.decide").forEach(syncGuidance);
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches('form.decide input[name="decision"]')) {
+      syncGuidance(event.target.form);
+    }
+  });
+  document.addEventListener("DOMContentLoaded", function () { syncAll(document); });
+
+  // After the resolve form swaps its card, put focus where the founder's eyes should go:
+  // the first error, else the notice, else the card itself.
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var target = event.detail && event.detail.target;
+    if (!target || !target.id || target.id.indexOf("escalation-") !== 0) return;
+    var card = document.getElementById(target.id);
+    if (!card) return;
+    syncAll(card);
+    var invalid = card.querySelector('[aria-invalid="true"]');
+    var focusable = invalid && (invalid.matches("fieldset") ? invalid.querySelector("input") : invalid);
+    (focusable || card.querySelector(".notice") || card).focus();
+  });
+
+  // Live updates: never insert a card or a timeline line twice (a reconnect may replay an
+  // event that the page already showed).
+  document.addEventListener("htmx:oobBeforeSwap", function (event) {
+    var detail = event.detail;
+    var fragment = detail && detail.fragment;
+    if (!fragment || !fragment.querySelectorAll) return;
+    fragment.querySelectorAll("article[id], li[id]").forEach(function (node) {
+      var existing = document.getElementById(node.id);
+      if (existing && existing !== detail.target && (detail.swapSpec || {}).swapStyle !== "outerHTML") {
+        node.remove();
+      }
+    });
+  });
+  document.addEventListener("htmx:oobAfterSwap", function () {
+    var empty = document.getElementById("pending-empty");
+    var list = document.getElementById("pending-cards");
+    if (empty && list) empty.hidden = list.children.length > 0;
+    syncAll(document);
+  });
+
+  // Resume a dropped stream where it stopped, not where the page began.
+  document.addEventListener("htmx:sseMessage", function (event) {
+    var id = event.detail && event.detail.lastEventId;
+    var source = event.target && event.target.closest("[sse-connect]");
+    if (!id || !source) return;
+    var url = new URL(source.getAttribute("sse-connect"), window.location.href);
+    url.searchParams.set("after", id);
+    source.setAttribute("sse-connect", url.pathname + url.search);
+  });
+})();
