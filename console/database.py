@@ -43,7 +43,7 @@ def _configure_sqlite(engine: Engine) -> None:
 @contextmanager
 def write_transaction() -> Iterator[Session]:
     """One atomic unit of change: commits on success, rolls back on any error."""
-    session = db.session
+    session = db.session()  # the request's Session behind the scoped proxy
     if session.in_transaction():
         session.commit()  # close a read-only transaction before taking the write lock
     session.connection(execution_options={_WRITE: True})

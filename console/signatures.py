@@ -119,9 +119,10 @@ _FILE_LINE_RE = re.compile(r"(\.[A-Za-z][A-Za-z0-9]{0,9}):[0-9]+(?::[0-9]+)?(?![
 # ("can't", "user's") are not mistaken for quotes; quotes glued to another
 # quote ("''x''") are left alone too.  The content may not contain a <str>
 # placeholder (which could only come from re-normalising).  Both rules keep
-# the step idempotent.
-_SINGLE_QUOTED_RE = re.compile(r"(?<![\w>'])'(?:[^'\\\n<]|\\.|<(?!str>))*'(?![\w<'])")
-_DOUBLE_QUOTED_RE = re.compile(r'"(?:[^"\\\n<]|\\.|<(?!str>))*"')
+# the step idempotent.  An escaped quote (after a backslash) never opens a
+# string, so an unterminated string is scanned once, not once per quote.
+_SINGLE_QUOTED_RE = re.compile(r"(?<![\w>'\\])'(?:[^'\\\n<]|\\.|<(?!str>))*'(?![\w<'])")
+_DOUBLE_QUOTED_RE = re.compile(r'(?<!\\)"(?:[^"\\\n<]|\\.|<(?!str>))*"')
 
 # --- numbers ----------------------------------------------------------------
 # Integers and floats (incl. dotted versions and exponents), optionally
