@@ -193,5 +193,7 @@ def error_signature(project_id: str, error_type: str, error_message: str) -> str
     message, so it depends on the message only.
     """
     normalised = normalise_error_message(error_message)
-    hash8 = hashlib.sha256(normalised.encode()).hexdigest()[:8]
+    # "surrogatepass" is identical to plain UTF-8 for every valid string and
+    # keeps a lone surrogate (possible via JSON "\ud800") from raising.
+    hash8 = hashlib.sha256(normalised.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{project_id}:{error_type}:{hash8}"

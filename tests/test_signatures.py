@@ -118,6 +118,10 @@ def test_signature_hash_depends_only_on_the_message():
     assert first.rsplit(":", 1)[1] == sha8(normalise_error_message("missing key 'x'"))
 
 
+def test_lone_surrogate_in_message_does_not_crash():
+    assert re.fullmatch(r"p:E:[0-9a-f]{8}", error_signature("p", "E", "bad \ud800 char"))
+
+
 @pytest.mark.parametrize("message", ADVERSARIAL, ids=lambda m: repr(m[:4]))
 def test_adversarial_inputs_complete(message):
     assert isinstance(normalise_error_message(message), str)
