@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""A simulated TAOR loop (think, act, observe, repeat) that asks its founder for help.
+
+One task ("payments") fails three times — each failure posts `agent.retrying` — and is
+escalated; the agent keeps working on its other tasks while a background thread
+long-polls for the founder's decision, then acts on it:
+
+* skip_feature         drop the task and carry on
+* simpler_version      rebuild the task without the failing part
+* provide_guidance     retry the task with the founder's words as instructions
+* provide_credentials  retry once the founder says the secret is in place
+
+Run it against a console (the README shows the whole loop):
+
+    CONSOLE_AGENT_TOKEN=... python examples/agent_loop.py --url http://127.0.0.1:5000 --founder founder-demo
+
+then answer the question in the browser. It exits 0 once every task is settled.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from console.client import ConsoleClient, DecisionTimeout  # noqa: E402
+
+OPTIONS = [
+    {"value": "skip_feature", "label": "Skip payments for now",
+     "description": "Launch without card payments; I'll keep building everything else."},
+    {"value": "simpler_version", "label": "Build a simpler version",
+     "description": "Use a hosted payment link instead of an embedded checkout.", "recommended": True},
+    {"value": "provide_guidance", "label": "I'll tell you what to do",
+     "description": "Write exact instructions and I will try again with them."},
+    {"value": "provide_credentials", "label": "I've added the Stripe key",
+     "description": "I put STRIPE_SECRET_KEY in the project's secrets; try again.", "requires_guidance": False},
+]
+
+
+def log(message: str) -> None:
+    print(f"[agent {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Agent:
+    def __init__(self, console: ConsoleClient, founder_id: str, project_id: str, job_id: str, decision_timeout: float):
+        self.console = console
+        self.founder_id = founder_id
+        self.project_id = project_id
+        self.job_id = job_id
+        self.session_id = f"sess-{uuid.uuid4().hex[:8]}"
+        self.decision_timeout = decision_timeout
+        self.decisions: queue.Queue = queue.Queue()
+        self.outcomes: dict[str, str] = {}
+
+    def event(self, event_type: str, **payload) -> None:
+        self.console.post_event(self.job_id, event_type, self.founder_id, self.project_id, **payload)
+
+    # -- act: the simulated work
+    def attempt_payments(self, attempt: int) -> None:
+        raise RuntimeError(f"stripe.error.AuthenticationError: No API key provided (attempt {attempt}, "
+                           f"request req_{uuid.uuid4().hex[:12]})")
+
+    def run_task(self, name: str) -> None:
+        self.event("build.stage.started", stage=name)
+        time.sleep(0.05)
+        self.event("build.stage.completed", stage=name)
+        self.outcomes[name] = "built"
+        log(f"built {name}")
+
+    # -- the loop
+    def run(self) -> int:
+        attempts: list[str] = []
+        error: Exception | None = None
+        for attempt in range(1, 4):
+            try:
+                self.attempt_payments(attempt)
+            except RuntimeError as failure:
+                error = failure
+                attempts.append(f"Attempt {attempt}: called Stripe's API — it answered that no API key is set")
+                self.event("agent.retrying", attempt=attempt, error_type="StripeAuthenticationError")
+                log(f"payments failed (attempt {attempt})")
+        escalation = self.console.escalate(
+            self.job_id, session_id=self.session_id, project_id=self.project_id, founder_id=self.founder_id,
+            error_type="StripeAuthenticationError", error_message=str(error),
+            plain_english_problem="I can't finish the checkout page: taking card payments needs a Stripe "
+                                  "secret key, and the project doesn't have one.",
+            attempts_summary=attempts,
+            recommended_action="Use a hosted Stripe payment link for now; it needs no secret key in the app.",
+            options=OPTIONS)
+        log(f"escalated {escalation['id']} — waiting for the founder while I keep working")
+        waiter = threading.Thread(target=self.wait_for_founder, args=(escalation["id"],), daemon=True)
+        waiter.start()
+
+        for task in ("landing page", "signup form", "order history"):  # other work goes on meanwhile
+            self.run_task(task)
+
+        decision = self.decisions.get()
+        if isinstance(decision, Exception):
+            log(f"no decision: {decision}; pausing the payments task")
+            self.event("agent.build_paused", reason="Still waiting for a decision on payments")
+            return 2
+        return self.act_on(decision)
+
+    def wait_for_founder(self, escalation_id: str) -> None:
+        try:
+            self.decisions.put(self.console.wait_for_decision(escalation_id, timeout=self.decision_timeout))
+        except (DecisionTimeout, Exception) as error:  # surfaced to the loop, never lost in a thread
+            self.decisions.put(error)
+
+    def act_on(self, escalation: dict) -> int:
+        status, decision, guidance = escalation["status"], escalation["founder_decision"], escalation["founder_guidance"]
+        self.event("agent.waking", note=f"founder answered: {decision or status}")
+        if status == "skipped":
+            log("the question was withdrawn; nothing to do")
+        elif decision == "skip_feature":
+            self.outcomes["payments"] = "skipped"
+            log("skipping payments, as the founder decided")
+        elif decision == "simpler_version":
+            self.run_task("payments (hosted payment link)")
+            self.outcomes["payments"] = "simpler"
+        elif decision == "provide_guidance":
+            log(f"retrying payments with the founder's guidance: {guidance!r}")
+            self.run_task(f"payments ({guidance})")
+            self.outcomes["payments"] = "guided"
+        elif decision == "provide_credentials":
+            log("the founder added the key; retrying payments")
+            self.run_task("payments (with Stripe key)")
+            self.outcomes["payments"] = "credentials"
+        else:
+            log(f"unexpected decision {decision!r}; pausing")
+            self.event("agent.build_paused", reason=f"Did not understand the decision {decision!r}")
+            return 3
+        log(f"done: {self.outcomes}")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=os.environ.get("CONSOLE_URL", "http://127.0.0.1:5000"))
+    parser.add_argument("--token", default=os.environ.get("CONSOLE_AGENT_TOKEN"),
+                        help="the agent token (default: $CONSOLE_AGENT_TOKEN)")
+    parser.add_argument("--founder", default="founder-demo")
+    parser.add_argument("--project", default="proj-bakery-shop")
+    parser.add_argument("--job", default=None, help="default: a new job id")
+    parser.add_argument("--decision-timeout", type=float, default=3600)
+    args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("the agent token is required (--token or CONSOLE_AGENT_TOKEN)")
+    job_id = args.job or f"job-{uuid.uuid4().hex[:10]}"
+    log(f"job {job_id} for {args.founder} on {args.url}")
+    agent = Agent(ConsoleClient(args.url, args.token), args.founder, args.project, job_id, args.decision_timeout)
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
