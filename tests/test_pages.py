@@ -1,0 +1,281 @@
+"""The console (SPEC §4 console auth, §7) through Flask's test client: every page and every
+status path of the resolve post, with and without htmx."""
+import re
+import time
+import uuid
+
+import pytest
+
+from conftest import mint_jwt
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+def console(app, ids):
+    """A test client signed in as this test's founder; .csrf is a valid token of its session."""
+    def sign_in(founder_id=None):
+        browser = app.test_client()
+        page = browser.get("/login")
+        token = CSRF.search(page.get_data(as_text=True)).group(1)
+        resp = browser.post("/login", data={"csrf_token": token, "token": mint_jwt(founder_id or ids.founder_id)})
+        assert resp.status_code == 303 and resp.headers["Location"] == "/"
+        browser.csrf = CSRF.search(browser.get("/").get_data(as_text=True)).group(1)
+        return browser
+    return sign_in
+
+
+def card(html: str, escalation_id: str) -> str:
+    match = re.search(rf'<article id="escalation-{escalation_id}".*?</article>', html, re.S)
+    assert match, f"no card for {escalation_id}"
+    return match.group(0)
+
+
+def status_of(card_html: str) -> str:
+    return re.search(r'data-status="(\w+)"', card_html).group(1)
+
+
+# --- signing in ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/", "/jobs/j", "/escalations/3f2b8c1e-9d4a-4b6e-8f1a-2c3d4e5f6a7b"])
+def test_pages_redirect_to_login_without_a_session(client, path):
+    resp = client.get(path)
+    assert resp.status_code == 303 and resp.headers["Location"].startswith("/login")
+
+
+def test_login_page_has_a_csp_without_inline_script_and_a_csrf_field(client):
+    resp = client.get("/login")
+    policy = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert CSRF.search(resp.get_data(as_text=True))
+
+
+def test_login_sets_an_httponly_lax_cookie_and_logout_ends_it(console):
+    browser = console()
+    assert browser.get("/").status_code == 200
+    assert browser.post("/logout", data={"csrf_token": browser.csrf}).status_code == 303
+    assert browser.get("/").status_code == 303
+
+
+def test_session_cookie_flags(app, ids):
+    browser = app.test_client()
+    token = CSRF.search(browser.get("/login").get_data(as_text=True)).group(1)
+    resp = browser.post("/login", data={"csrf_token": token, "token": mint_jwt(ids.founder_id)})
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+@pytest.mark.parametrize("token", ["nonsense", mint_jwt("f", exp_in=-100), mint_jwt("f", secret="x" * 40)],
+                         ids=["garbage", "expired", "bad-signature"])
+def test_a_bad_token_gives_no_session(app, token):
+    browser = app.test_client()
+    csrf = CSRF.search(browser.get("/login").get_data(as_text=True)).group(1)
+    resp = browser.post("/login", data={"csrf_token": csrf, "token": token})
+    assert resp.status_code == 401 and "role=\"alert\"" in resp.get_data(as_text=True)
+    assert browser.get("/").status_code == 303
+
+
+def test_login_without_csrf_token_is_refused(app, ids):
+    resp = app.test_client().post("/login", data={"token": mint_jwt(ids.founder_id)})
+    assert resp.status_code == 400
+
+
+def test_login_never_redirects_off_site(app, ids):
+    browser = app.test_client()
+    csrf = CSRF.search(browser.get("/login").get_data(as_text=True)).group(1)
+    resp = browser.post("/login", data={"csrf_token": csrf, "token": mint_jwt(ids.founder_id),
+                                        "next": "//evil.example/"})
+    assert resp.headers["Location"] == "/"
+
+
+def test_login_link_needs_one_click_and_signs_in(app, ids, make_escalation):
+    from console.routes.pages import make_login_link
+
+    esc = make_escalation()
+    with app.test_request_context():
+        link = make_login_link(ids.founder_id)
+    path = link.split("://", 1)[1].split("/", 1)[1]
+    browser = app.test_client()
+    page = browser.get("/" + path)
+    assert page.status_code == 200 and browser.get("/").status_code == 303  # a GET alone signs nobody in
+    html = page.get_data(as_text=True)
+    form = {"csrf_token": CSRF.search(html).group(1), "t": re.search(r'name="t" value="([^"]+)"', html).group(1)}
+    assert browser.post("/login/link", data=form).status_code == 303
+    assert esc["id"] in browser.get("/").get_data(as_text=True)
+    tampered = app.test_client()
+    assert tampered.get("/" + path[:-3] + "abc").status_code == 400
+
+
+# --- pages -------------------------------------------------------------------------------------------
+
+def test_inbox_shows_pending_newest_first_with_a_count_and_decided_below(console, client, founder, make_escalation, ids):
+    older = make_escalation(job_id=ids.new("job"))
+    time.sleep(0.01)
+    newer = make_escalation(job_id=ids.new("job"))
+    decided = make_escalation(job_id=ids.new("job"))
+    client.post(f"/api/escalations/{decided['id']}/resolve", json={"decision": "skip_feature"}, headers=founder())
+    html = console().get("/").get_data(as_text=True)
+    assert html.index(f'escalation-{newer["id"]}') < html.index(f'escalation-{older["id"]}') \
+        < html.index(f'escalation-{decided["id"]}')
+    assert re.search(r'id="pending-count"[^>]*>2<', html)
+    assert status_of(card(html, decided["id"])) == "resolved"
+
+
+def test_empty_inbox_says_what_is_going_on(console):
+    html = console().get("/").get_data(as_text=True)
+    assert "Nothing needs you right now" in html
+
+
+def test_job_page_lists_pending_first_and_the_timeline(console, client, founder, agent, make_escalation, ids):
+    first = make_escalation()
+    second = make_escalation()
+    client.post(f"/api/escalations/{first['id']}/resolve", json={"decision": "skip_feature"}, headers=founder())
+    client.post(f"/api/jobs/{ids.job_id}/events", json={"type": "agent.build_paused", "founder_id": ids.founder_id,
+                                                        "reason": "waiting on you"}, headers=agent)
+    html = console().get(f"/jobs/{ids.job_id}").get_data(as_text=True)
+    assert html.index(f'escalation-{second["id"]}') < html.index(f'escalation-{first["id"]}')
+    assert "Build paused: waiting on you" in html and "You decided: skip_feature" in html
+
+
+def test_job_page_of_another_founder_shows_nothing(console, make_escalation, ids):
+    esc = make_escalation()
+    html = console(ids.new("founder")).get(f"/jobs/{ids.job_id}").get_data(as_text=True)
+    assert esc["id"] not in html and "not one of yours" in html
+
+
+@pytest.mark.parametrize("which", ["missing", "malformed", "foreign"])
+def test_escalation_page_not_yours_is_404(console, make_escalation, ids, which):
+    target = {"missing": str(uuid.uuid4()), "malformed": "nope",
+              "foreign": make_escalation(job_id=ids.new("job"), founder_id=ids.new("founder"))["id"]}[which]
+    assert console().get(f"/escalations/{target}").status_code == 404
+
+
+def test_card_shows_everything_a_founder_needs(console, make_escalation, client, agent, escalation_body, ids):
+    body = escalation_body(attempts_summary=["first <b>try</b>", "second try"])
+    esc = client.post(f"/api/jobs/{ids.job_id}/escalations", json=body, headers=agent).get_json()
+    client.post(f"/api/jobs/{ids.job_id}/escalations", json=body, headers=agent)  # seen twice
+    html = card(console().get(f"/escalations/{esc['id']}").get_data(as_text=True), esc["id"])
+    assert "first &lt;b&gt;try&lt;/b&gt;" in html and "<b>try" not in html
+    assert html.index("first &lt;b&gt;") < html.index("second try")
+    assert "2 times" in html and "just now" in html
+    assert 'name="decision"' in html and html.count('type="radio"') == 3
+    assert "Recommended" in html and 'data-requires-guidance="true"' in html
+    assert 'hx-post="/escalations/' in html and 'hx-swap="outerHTML"' in html
+
+
+def test_pages_vary_on_hx_request_and_are_not_cached(console):
+    resp = console().get("/")
+    assert "HX-Request" in resp.headers["Vary"]
+    assert resp.headers["Cache-Control"] == "no-store"
+
+
+# --- the resolve post ---------------------------------------------------------------------------------
+
+HX = {"HX-Request": "true"}
+
+
+def test_htmx_resolve_returns_the_resolved_card_alone(console, client, agent, make_escalation):
+    esc = make_escalation()
+    browser = console()
+    resp = browser.post(f"/escalations/{esc['id']}/resolve", headers=HX,
+                        data={"csrf_token": browser.csrf, "decision": "simpler_version", "guidance": " tiny "})
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "<html" not in html
+    assert status_of(html) == "resolved" and "Try a simpler version" in html and "tiny" in html
+    stored = client.get(f"/api/escalations/{esc['id']}", headers=agent).get_json()
+    assert (stored["founder_decision"], stored["founder_guidance"]) == ("simpler_version", "tiny")
+
+
+def test_plain_form_resolve_redirects_303_to_the_escalation(console, make_escalation):
+    esc = make_escalation()
+    browser = console()
+    resp = browser.post(f"/escalations/{esc['id']}/resolve",
+                        data={"csrf_token": browser.csrf, "decision": "skip_feature", "guidance": ""})
+    assert resp.status_code == 303 and resp.headers["Location"] == f"/escalations/{esc['id']}"
+
+
+@pytest.mark.parametrize("htmx", [True, False])
+def test_missing_guidance_is_422_with_the_input_kept_and_the_error_by_the_field(console, make_escalation, htmx):
+    esc = make_escalation()
+    browser = console()
+    resp = browser.post(f"/escalations/{esc['id']}/resolve", headers=HX if htmx else {},
+                        data={"csrf_token": browser.csrf, "decision": "provide_guidance", "guidance": "  "})
+    assert resp.status_code == 422
+    html = resp.get_data(as_text=True)
+    assert ("<html" in html) is not htmx
+    found = card(html, esc["id"])
+    assert status_of(found) == "pending"
+    assert re.search(r'value="provide_guidance"\s+checked', found)
+    assert f'id="escalation-{esc["id"]}-guidance-error"' in found and "needs guidance" in found
+
+
+@pytest.mark.parametrize("htmx", [True, False])
+def test_no_choice_is_422_and_guidance_is_kept(console, make_escalation, htmx):
+    esc = make_escalation()
+    browser = console()
+    resp = browser.post(f"/escalations/{esc['id']}/resolve", headers=HX if htmx else {},
+                        data={"csrf_token": browser.csrf, "guidance": "my careful words"})
+    assert resp.status_code == 422
+    found = card(resp.get_data(as_text=True), esc["id"])
+    assert "Choose one of the options" in found and "my careful words</textarea>" in found
+
+
+@pytest.mark.parametrize("htmx", [True, False])
+def test_decided_elsewhere_is_409_with_the_current_card_and_a_notice(console, client, founder, make_escalation, htmx):
+    esc = make_escalation()
+    browser = console()
+    client.post(f"/api/escalations/{esc['id']}/resolve", json={"decision": "skip_feature"}, headers=founder())
+    resp = browser.post(f"/escalations/{esc['id']}/resolve", headers=HX if htmx else {},
+                        data={"csrf_token": browser.csrf, "decision": "simpler_version", "guidance": ""})
+    assert resp.status_code == 409
+    found = card(resp.get_data(as_text=True), esc["id"])
+    assert status_of(found) == "resolved" and "Skip this feature" in found and "already decided" in found
+
+
+def test_resolving_someone_elses_escalation_is_404(console, client, agent, make_escalation, ids):
+    victim = make_escalation()
+    intruder = console(ids.new("founder"))
+    resp = intruder.post(f"/escalations/{victim['id']}/resolve", headers=HX,
+                         data={"csrf_token": intruder.csrf, "decision": "skip_feature"})
+    assert resp.status_code == 404
+    assert client.get(f"/api/escalations/{victim['id']}", headers=agent).get_json()["status"] == "pending"
+
+
+@pytest.mark.parametrize("csrf", [None, "forged"])
+def test_resolve_without_a_valid_csrf_token_is_refused(console, client, agent, make_escalation, csrf):
+    esc = make_escalation()
+    browser = console()
+    data = {"decision": "skip_feature", **({"csrf_token": csrf} if csrf else {})}
+    assert browser.post(f"/escalations/{esc['id']}/resolve", data=data, headers=HX).status_code == 400
+    assert client.get(f"/api/escalations/{esc['id']}", headers=agent).get_json()["status"] == "pending"
+
+
+def test_escalation_without_options_takes_a_free_decision(console, make_escalation):
+    esc = make_escalation(options=[])
+    browser = console()
+    page = card(browser.get(f"/escalations/{esc['id']}").get_data(as_text=True), esc["id"])
+    assert 'type="text" name="decision"' in page
+    resp = browser.post(f"/escalations/{esc['id']}/resolve", headers=HX,
+                        data={"csrf_token": browser.csrf, "decision": "use_sqlite", "guidance": ""})
+    assert resp.status_code == 200 and "use_sqlite" in resp.get_data(as_text=True)
+
+
+# --- live frames -------------------------------------------------------------------------------------
+
+def test_live_frames_render_cards_and_timeline_lines(app, make_escalation, client, founder, ids):
+    from console.extensions import db
+    from console.live import console_frame
+    from console.models import JobEvent
+
+    esc = make_escalation()
+    client.post(f"/api/escalations/{esc['id']}/resolve", json={"decision": "skip_feature"}, headers=founder())
+    with app.test_request_context():
+        events = db.session.query(JobEvent).filter_by(job_id=ids.job_id).order_by(JobEvent.id).all()
+        new_card, resolved_card = (console_frame(ids.founder_id, e, page="job") for e in events)
+        foreign = console_frame("someone-else", events[0], page="inbox")
+    assert new_card.startswith(f"id: {events[0].id}\nevent: update\n")
+    assert 'hx-swap-oob="afterbegin:#pending-cards"' in new_card and f"escalation-{esc['id']}" in new_card
+    assert 'hx-swap-oob="true"' in resolved_card and 'data-status="resolved"' in resolved_card
+    assert 'hx-swap-oob="beforeend:#timeline"' in resolved_card
+    assert esc["id"] not in foreign  # another founder's stream never renders this card
+    assert all(line.startswith(("id: ", "event: ", "data: ")) for line in new_card.strip().split("\n"))
