@@ -1,0 +1,68 @@
+"""The reviewed migrations: a clean round trip, and no drift from the models (SPEC §2)."""
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from conftest import make_app, migrate
+from console.extensions import db
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def scratch_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'scratch.db'}"
+    else:
+        scratch = request.getfixturevalue("postgres")
+        url = scratch.create("console_migrations")
+        yield url
+        scratch.drop(url)
+
+
+def tables(url: str) -> set[str]:
+    app = make_app(url)
+    with app.app_context():
+        names = set(sa.inspect(db.engine).get_table_names())
+        db.engine.dispose()
+    return names - {"alembic_version"}
+
+
+def test_upgrade_downgrade_upgrade_round_trip(scratch_url):
+    migrate(scratch_url)
+    assert tables(scratch_url) == {"agent_escalations", "jobs", "job_events"}
+    migrate(scratch_url, "base", "downgrade")
+    assert tables(scratch_url) == set()
+    migrate(scratch_url)
+    assert tables(scratch_url) == {"agent_escalations", "jobs", "job_events"}
+
+
+def test_models_and_migrations_do_not_drift(scratch_url):
+    migrate(scratch_url)
+    app = make_app(scratch_url)
+    with app.app_context():
+        with db.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, db.metadata) == []
+            indexes = {ix["name"]: ix for ix in sa.inspect(connection).get_indexes("agent_escalations")}
+        db.engine.dispose()
+    pending_unique = indexes["uq_agent_escalations_pending_job_id_error_signature"]
+    assert pending_unique["unique"] and pending_unique["column_names"] == ["job_id", "error_signature"]
+    for column in ("session_id", "project_id", "error_signature"):
+        assert indexes[f"ix_agent_escalations_{column}"]["column_names"] == [column]
+    assert indexes["ix_agent_escalations_job_id_created_at"]["column_names"][0] == "job_id"
+    assert indexes["ix_agent_escalations_founder_id_status_created_at"]["column_names"][0] == "founder_id"
+
+
+def test_postgresql_uses_native_uuid_jsonb_and_timestamptz(postgres):
+    url = postgres.create("console_types")
+    try:
+        migrate(url)
+        app = make_app(url)
+        with app.app_context():
+            columns = {c["name"]: c["type"] for c in sa.inspect(db.engine).get_columns("agent_escalations")}
+            db.engine.dispose()
+        assert type(columns["id"]).__name__ == "UUID"
+        assert type(columns["options"]).__name__ == "JSONB" and type(columns["attempts_summary"]).__name__ == "JSONB"
+        assert columns["created_at"].timezone is True
+    finally:
+        postgres.drop(url)
