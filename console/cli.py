@@ -19,6 +19,11 @@ def register(app: Flask) -> None:
         minutes = app.config["LOGIN_LINK_MAX_AGE"] // 60
         click.echo(f"Sign-in link for {founder_id} (valid {minutes} minutes):\n{link}")
 
+    @app.cli.command("agent-token")
+    def agent_token() -> None:
+        """Print the agent bearer token this deployment accepts (CONSOLE_AGENT_TOKEN, or the generated one)."""
+        click.echo(app.config["AGENT_TOKEN"])
+
     @app.cli.command("demo")
     @click.option("--founder", "founder_id", default=DEMO_FOUNDER, show_default=True,
                   help="The founder who owns the demo jobs.")
