@@ -24,6 +24,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .security import init_security
 
     configure(app, test_config)
+    app.json.sort_keys = False  # records read in the order the spec lists their fields
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
     csrf.init_app(app)

@@ -31,7 +31,6 @@ class DefaultConfig:
     PERMANENT_SESSION_LIFETIME = 12 * 3600
     WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session
     WTF_CSRF_SSL_STRICT = False  # SameSite=Lax already stops cross-site posts; proxies strip Referer
-    JSON_SORT_KEYS = False
 
     JWT_SECRET: str | None = None
     JWT_PUBLIC_KEY: str | None = None

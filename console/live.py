@@ -35,8 +35,9 @@ def console_frame(founder_id: str, event: JobEvent, *, page: str) -> str:
                 parts.append(render_template("live/_new_card.html", escalation=escalation))
             else:
                 parts.append(render_template("escalations/_card.html", escalation=escalation, oob=True))
+            job_id = event.job_id if page == "job" else None  # the job page counts the job's questions
             parts.append(render_template("live/_pending_count.html",
-                                         pending_count=escalation_service.count_pending(founder_id)))
+                                         pending_count=escalation_service.count_pending(founder_id, job_id)))
     if page == "job":
         parts.append(render_template("live/_timeline_item.html", event=envelope))
     html = "\n".join(parts) or "<template></template>"

@@ -124,8 +124,7 @@ def inbox():
     live_after = latest_event_id()  # before the reads: nothing committed after them is missed
     pending, next_cursor = escalation_service.list_founder_escalations(
         founder_id, status="pending", limit=INBOX_PAGE_SIZE, cursor=request.args.get("cursor") or None)
-    decided = [e for e in escalation_service.list_founder_escalations(founder_id, limit=RECENTLY_DECIDED + len(pending))[0]
-               if e.status != "pending"][:RECENTLY_DECIDED]
+    decided = escalation_service.recently_decided(founder_id, RECENTLY_DECIDED)
     return render_template("inbox.html", pending=pending, decided=decided, next_cursor=next_cursor,
                            pending_count=escalation_service.count_pending(founder_id), live_after=live_after)
 

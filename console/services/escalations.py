@@ -153,9 +153,20 @@ def list_founder_escalations(founder_id: str, *, status: str | None = None, proj
     return rows, None
 
 
-def count_pending(founder_id: str) -> int:
-    return db.session.scalar(select(func.count()).select_from(AgentEscalation).where(
-        AgentEscalation.founder_id == founder_id, AgentEscalation.status == PENDING)) or 0
+def recently_decided(founder_id: str, limit: int) -> list[AgentEscalation]:
+    """The founder's resolved and skipped escalations, most recently decided first."""
+    query = (select(AgentEscalation)
+             .where(AgentEscalation.founder_id == founder_id, AgentEscalation.status.in_([RESOLVED, SKIPPED]))
+             .order_by(AgentEscalation.resolved_at.desc(), AgentEscalation.id.desc()).limit(limit))
+    return list(db.session.scalars(query))
+
+
+def count_pending(founder_id: str, job_id: str | None = None) -> int:
+    query = select(func.count()).select_from(AgentEscalation).where(
+        AgentEscalation.founder_id == founder_id, AgentEscalation.status == PENDING)
+    if job_id is not None:
+        query = query.where(AgentEscalation.job_id == job_id)
+    return db.session.scalar(query) or 0
 
 
 # --- resolve and skip ------------------------------------------------------------------------
