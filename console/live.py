@@ -73,7 +73,8 @@ def describe_event(envelope: dict[str, Any]) -> str:
             reason = envelope.get("reason")
             return "The agent withdrew its question" + (f": {reason}" if reason else "")
         guidance = envelope.get("guidance")
-        return f"You decided: {envelope.get('resolution')}" + (f" — “{guidance}”" if guidance else "")
+        chosen = envelope.get("resolution_label") or envelope.get("resolution")
+        return f"You decided: {chosen}" + (f" — “{guidance}”" if guidance else "")
     if kind == SSEEventType.AGENT_BUILD_PAUSED:
         reason = envelope.get("reason")
         return "Build paused" + (f": {reason}" if reason else "")

@@ -267,6 +267,8 @@ class ThreadedServer:
 
     def __exit__(self, *exc):
         self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
 
 
 @pytest.fixture(scope="session")

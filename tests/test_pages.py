@@ -134,7 +134,7 @@ def test_job_page_lists_pending_first_and_the_timeline(console, client, founder,
                                                         "reason": "waiting on you"}, headers=agent)
     html = console().get(f"/jobs/{ids.job_id}").get_data(as_text=True)
     assert html.index(f'escalation-{second["id"]}') < html.index(f'escalation-{first["id"]}')
-    assert "Build paused: waiting on you" in html and "You decided: skip_feature" in html
+    assert "Build paused: waiting on you" in html and "You decided: Skip this feature" in html
 
 
 def test_job_page_of_another_founder_shows_nothing(console, make_escalation, ids):

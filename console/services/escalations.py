@@ -190,12 +190,11 @@ def _check_decision(escalation: AgentEscalation, decision: str, guidance: str | 
 
 
 def _describe_settled(escalation: AgentEscalation) -> str:
-    when = escalation.resolved_at.isoformat() if escalation.resolved_at else "earlier"
     if escalation.status == SKIPPED:
-        return f"The agent withdrew this question at {when}; there is nothing left to decide."
+        return "The agent withdrew this question, so there is nothing left to decide."
     option = escalation.option(escalation.founder_decision)
     chosen = option["label"] if option else escalation.founder_decision
-    return f"This escalation was already decided at {when} ({chosen!r}); a decision cannot be changed."
+    return f"This was already decided (“{chosen}”), perhaps in another tab. A decision cannot be changed."
 
 
 def _already_settled(escalation: AgentEscalation, decision: str, guidance: str | None) -> AgentEscalation:
@@ -272,6 +271,8 @@ def _resolution_payload(escalation: AgentEscalation) -> dict[str, Any]:
         "project_id": escalation.project_id,
         "status": escalation.status,
         "resolution": escalation.founder_decision if escalation.status == RESOLVED else None,
+        "resolution_label": (escalation.option(escalation.founder_decision) or {}).get("label")
+        if escalation.status == RESOLVED else None,
         "guidance": escalation.founder_guidance,
         "resolved_at": escalation.resolved_at.isoformat() if escalation.resolved_at else None,
     }
