@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import event as sa_event, select, text
+from sqlalchemy import event as sa_event, insert, select, text
 from sqlalchemy.orm import Session
 
 from .extensions import db
@@ -58,19 +58,30 @@ def record_event(job_id: str, founder_id: str, event_type: str, payload: dict[st
     """Append an event of the founder's job inside the caller's (write) transaction; it
     becomes visible, and subscribers are woken, when that transaction commits."""
     session = db.session
-    postgres = session.get_bind().dialect.name == "postgresql"
-    if postgres:
-        # Held until commit: ids are taken, and made visible, one transaction at a time.
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENT_LOG_LOCK_KEY})
-    stored = JobEvent(job_id=job_id, type=event_type, payload=payload, created_at=utcnow())
-    session.add(stored)
-    session.flush()
-    if postgres:
-        # Delivered by PostgreSQL at commit, to every process LISTENing (never on rollback).
-        session.execute(text("SELECT pg_notify(:channel, :message)"),
-                        {"channel": NOTIFY_CHANNEL, "message": json.dumps([stored.id, job_id, founder_id])})
-    session.info.setdefault("committed_events", []).append((stored.id, job_id, founder_id))
-    return stored
+    created_at = utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        # One round trip: take the ordering lock (held until commit, so ids are handed out
+        # and made visible one transaction at a time), insert, and queue the NOTIFY that
+        # PostgreSQL delivers at commit to every LISTENing process (never on rollback).
+        event_id = session.execute(_INSERT_EVENT_POSTGRES, {
+            "key": _EVENT_LOG_LOCK_KEY, "job_id": job_id, "type": event_type, "payload": json.dumps(payload),
+            "created_at": created_at, "channel": NOTIFY_CHANNEL, "founder_id": founder_id,
+        }).scalar_one()
+    else:
+        event_id = session.execute(
+            insert(JobEvent.__table__).values(job_id=job_id, type=event_type, payload=payload, created_at=created_at)
+            .returning(JobEvent.__table__.c.id)
+        ).scalar_one()
+    session.info.setdefault("committed_events", []).append((event_id, job_id, founder_id))
+    return JobEvent(id=event_id, job_id=job_id, type=event_type, payload=payload, created_at=created_at)
+
+
+_INSERT_EVENT_POSTGRES = text("""
+    WITH ordering AS (SELECT pg_advisory_xact_lock(:key))
+    INSERT INTO job_events (job_id, type, payload, created_at)
+    SELECT :job_id, :type, CAST(:payload AS JSONB), :created_at FROM ordering
+    RETURNING id, pg_notify(:channel, json_build_array(id, job_id, CAST(:founder_id AS TEXT))::text)
+""")
 
 
 def list_events(job_id: str, after: int, limit: int) -> list[JobEvent]:

@@ -138,10 +138,8 @@ def test_agent_may_not_resolve_and_founder_may_not_create_skip_or_post_events(cl
     assert client.get(f"/api/escalations/{esc['id']}", headers=agent).get_json()["status"] == "pending"
 
 
-def test_issuer_and_audience_are_checked_when_configured(database_url):
-    from conftest import make_app
-
-    app = make_app(database_url, JWT_ISSUER="https://id.example", JWT_AUDIENCE="console")
+def test_issuer_and_audience_are_checked_when_configured(configured_app):
+    app = configured_app(JWT_ISSUER="https://id.example", JWT_AUDIENCE="console")
     client = app.test_client()
     good = mint_jwt("f", iss="https://id.example", aud="console")
     assert client.get("/api/escalations", headers={"Authorization": f"Bearer {good}"}).status_code == 200
@@ -150,17 +148,15 @@ def test_issuer_and_audience_are_checked_when_configured(database_url):
         assert client.get("/api/escalations", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
-def test_rs256_tokens_verify_with_the_configured_public_key(database_url):
+def test_rs256_tokens_verify_with_the_configured_public_key(configured_app):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     import jwt
 
-    from conftest import make_app
-
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    client = make_app(database_url, JWT_PUBLIC_KEY=public_pem).test_client()
+    client = configured_app(JWT_PUBLIC_KEY=public_pem).test_client()
     now = int(time.time())
     token = jwt.encode({"sub": "f-rsa", "exp": now + 60, "iat": now}, key, algorithm="RS256")
     assert client.get("/api/escalations", headers={"Authorization": f"Bearer {token}"}).status_code == 200
@@ -327,12 +323,10 @@ def test_healthz_and_openapi_document_every_api_route(client, app):
     assert "EscalationResponse" in doc["components"]["schemas"]
 
 
-def test_cors_is_off_by_default_and_allows_configured_origins(database_url):
-    from conftest import make_app
-
-    plain = make_app(database_url).test_client()
+def test_cors_is_off_by_default_and_allows_configured_origins(configured_app):
+    plain = configured_app().test_client()
     assert "Access-Control-Allow-Origin" not in plain.get("/healthz", headers={"Origin": "https://app.example"}).headers
-    client = make_app(database_url, CORS_ORIGINS="https://app.example").test_client()
+    client = configured_app(CORS_ORIGINS="https://app.example").test_client()
     resp = client.options("/api/escalations", headers={"Origin": "https://app.example",
                                                        "Access-Control-Request-Method": "GET",
                                                        "Access-Control-Request-Headers": "Authorization"})

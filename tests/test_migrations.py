@@ -60,6 +60,7 @@ def test_postgresql_uses_native_uuid_jsonb_and_timestamptz(postgres):
         app = make_app(url)
         with app.app_context():
             columns = {c["name"]: c["type"] for c in sa.inspect(db.engine).get_columns("agent_escalations")}
+            db.session.remove()
             db.engine.dispose()
         assert type(columns["id"]).__name__ == "UUID"
         assert type(columns["options"]).__name__ == "JSONB" and type(columns["attempts_summary"]).__name__ == "JSONB"

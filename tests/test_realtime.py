@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import AGENT_TOKEN, REPO, GunicornServer, ThreadedServer, make_app, migrate, mint_jwt
+from conftest import AGENT_TOKEN, REPO, GunicornServer, ThreadedServer, dispose, make_app, migrate, mint_jwt
 
 pytestmark = pytest.mark.slow
 
@@ -118,8 +118,10 @@ def two_sqlite_servers(tmp_path_factory):
 def one_sqlite_server(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('rt1') / 'console.db'}"
     migrate(url)
-    with ThreadedServer(make_app(url, SSE_HEARTBEAT_SECONDS=1.0)) as server:
+    app = make_app(url, SSE_HEARTBEAT_SECONDS=1.0)
+    with ThreadedServer(app) as server:
         yield server, server
+    dispose(app)
 
 
 @pytest.fixture(params=["postgresql-two-processes", "sqlite-two-processes", "sqlite-one-process"])

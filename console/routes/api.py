@@ -32,6 +32,8 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError as error:
         raise BadRequest(f"The body is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise BadRequest("The body nests too deeply to be a request of this API.") from None
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object.")
     return data

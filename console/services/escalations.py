@@ -211,55 +211,54 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
     decision must be one of the options; guidance is stripped (blank → None) and required
     for `provide_guidance` and options that say so. The first decision wins: it is one
     conditional UPDATE, so under any number of concurrent resolves exactly one applies and
-    emits `agent.escalation_resolved`."""
-    escalation = get_escalation(escalation_id, Principal("founder", founder_id))
+    emits `agent.escalation_resolved`. A retry of the same decision answers the record."""
+    parsed = _parse_id(escalation_id)
+    if parsed is None:
+        raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     decision = (decision or "").strip()
     guidance = (guidance or "").strip() or None
-    if escalation.status != PENDING:
-        return _already_settled(escalation, decision, guidance)
-    _check_decision(escalation, decision, guidance)
-    now = utcnow()
     with write_transaction():
+        # Decide first, check second: the check needs the options, and the row is ours
+        # (locked) once the UPDATE matched; an invalid decision rolls it back.
         won = db.session.scalars(
             update(AgentEscalation)
-            .where(AgentEscalation.id == escalation.id, AgentEscalation.status == PENDING)
-            .values(status=RESOLVED, founder_decision=decision, founder_guidance=guidance, resolved_at=now)
+            .where(AgentEscalation.id == parsed, AgentEscalation.founder_id == founder_id,
+                   AgentEscalation.status == PENDING)
+            .values(status=RESOLVED, founder_decision=decision, founder_guidance=guidance, resolved_at=utcnow())
             .returning(AgentEscalation),
             execution_options={"populate_existing": True, "synchronize_session": False},
         ).one_or_none()
-        if won is None:
-            current = db.session.get(AgentEscalation, escalation.id, populate_existing=True)
-        else:
-            record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED,
-                         _resolution_payload(won))
-    if won is None:
-        return _already_settled(current, decision, guidance)
-    return won
+        if won is not None:
+            _check_decision(won, decision, guidance)
+            record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED, _resolution_payload(won))
+            return won
+        current = find_escalation(parsed, Principal("founder", founder_id))
+    if current is None:
+        raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
+    return _already_settled(current, decision, guidance)
 
 
 def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None) -> AgentEscalation:
     """The agent withdraws its question. Skipping twice is fine; a decided one is a conflict."""
-    escalation = get_escalation(escalation_id, AGENT)
-    if escalation.status == SKIPPED:
-        return escalation
-    if escalation.status == RESOLVED:
-        raise Conflict(_describe_settled(escalation), escalation)
+    parsed = _parse_id(escalation_id)
+    if parsed is None:
+        raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     reason = (reason or "").strip() or None
     with write_transaction():
         won = db.session.scalars(
             update(AgentEscalation)
-            .where(AgentEscalation.id == escalation.id, AgentEscalation.status == PENDING)
+            .where(AgentEscalation.id == parsed, AgentEscalation.status == PENDING)
             .values(status=SKIPPED, resolved_at=utcnow())
             .returning(AgentEscalation),
             execution_options={"populate_existing": True, "synchronize_session": False},
         ).one_or_none()
-        if won is None:
-            current = db.session.get(AgentEscalation, escalation.id, populate_existing=True)
-        else:
+        if won is not None:
             record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED,
                          {**_resolution_payload(won), "reason": reason})
-    if won is not None:
-        return won
+            return won
+        current = find_escalation(parsed, AGENT)
+    if current is None:
+        raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     if current.status == SKIPPED:
         return current
     raise Conflict(_describe_settled(current), current)

@@ -20,15 +20,33 @@ def dialect_insert(model):
     return (pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
 
 
+# A job's founder never changes once stored, so each process remembers the owners it has
+# read (committed rows only): most writes to a known job then skip the ownership queries.
+_known_owners: dict[str, str] = {}
+_KNOWN_OWNERS_MAX = 50_000
+
+
+def _remember_owner(job_id: str, founder_id: str) -> None:
+    if len(_known_owners) >= _KNOWN_OWNERS_MAX:
+        _known_owners.clear()
+    _known_owners[job_id] = founder_id
+
+
 def claim_job(job_id: str, founder_id: str, project_id: str | None) -> None:
     """Inside a write transaction: record the job's founder on first sight, and refuse a
     second founder for it (a job has exactly one)."""
-    db.session.execute(
-        dialect_insert(Job)
-        .values(id=job_id, founder_id=founder_id, project_id=project_id, created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["id"])
-    )
-    owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one()
+    owner = _known_owners.get(job_id)
+    if owner is None:
+        inserted = db.session.execute(
+            dialect_insert(Job)
+            .values(id=job_id, founder_id=founder_id, project_id=project_id, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(Job.founder_id)
+        ).scalar_one_or_none()
+        if inserted is not None:
+            return  # ours now (remembered once another request reads it back committed)
+        owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one()
+        _remember_owner(job_id, owner)
     if owner != founder_id:
         raise Conflict(f"Job {job_id!r} belongs to another founder; a job has exactly one founder.")
 
@@ -37,7 +55,11 @@ def job_visible_to(job_id: str, principal: Principal) -> bool:
     """Agents see every job; a founder sees the jobs they own. Unknown jobs are invisible."""
     if principal.is_agent:
         return True
-    owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one_or_none()
+    owner = _known_owners.get(job_id)
+    if owner is None:
+        owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one_or_none()
+        if owner is not None:
+            _remember_owner(job_id, owner)
     return owner is not None and owner == principal.founder_id
 
 
