@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -42,8 +43,33 @@ def _jwks_client(url: str) -> jwt.PyJWKClient:
     return clients[url]
 
 
+_VERIFIED_CACHE_SIZE = 4096
+
+
 def verify_founder_token(token: str) -> str:
-    """The founder id (`sub`) of a valid founder JWT; Unauthorized otherwise."""
+    """The founder id (`sub`) of a valid founder JWT; Unauthorized otherwise.
+
+    A frontend sends the same token with every request until it expires, so tokens whose
+    signature checked out are remembered (per app, bounded); their time claims are checked
+    again on every use."""
+    cache: dict[str, tuple[str, float, float]] = current_app.extensions.setdefault("console_verified_tokens", {})
+    hit = cache.get(token)
+    if hit is not None:
+        founder_id, not_before, expires = hit
+        now = time.time()
+        leeway = current_app.config.get("JWT_LEEWAY_SECONDS", 10)
+        if not_before - leeway <= now < expires + leeway:
+            return founder_id
+        cache.pop(token, None)
+    founder_id, claims = _verify_founder_token(token)
+    if len(cache) >= _VERIFIED_CACHE_SIZE:
+        cache.clear()
+    not_before = max(float(claims.get("nbf", 0) or 0), float(claims.get("iat", 0) or 0))
+    cache[token] = (founder_id, not_before, float(claims["exp"]))
+    return founder_id
+
+
+def _verify_founder_token(token: str) -> tuple[str, dict]:
     config = current_app.config
     try:
         header = jwt.get_unverified_header(token)
@@ -78,7 +104,7 @@ def verify_founder_token(token: str) -> str:
     founder_id = claims.get("sub")
     if not isinstance(founder_id, str) or not founder_id or len(founder_id) > 255:
         raise Unauthorized("The token's subject is not a founder id.")
-    return founder_id
+    return founder_id, claims
 
 
 def principal_from_bearer() -> Principal:

@@ -65,7 +65,10 @@ def engine_options(uri: str) -> dict:
     if uri.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
     return {
-        "pool_pre_ping": True,  # a connection that died with the server is replaced, not used
+        # No pool_pre_ping (a round trip per request): database.py pings only idle connections.
+        # Reads run in autocommit (no BEGIN/ROLLBACK round trips; at READ COMMITTED every
+        # statement had its own snapshot anyway); write_transaction() opens a real transaction.
+        "isolation_level": "AUTOCOMMIT",
         "pool_size": 10,
         "max_overflow": 20,
         "pool_timeout": 5,

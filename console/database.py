@@ -1,12 +1,14 @@
 """Engine set-up and the write transaction every state change runs in."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session
 
 from .extensions import db
@@ -14,11 +16,39 @@ from .extensions import db
 _WRITE = "console_write_transaction"
 
 
+IDLE_PING_SECONDS = 2.0
+
+
 def configure_engine(app: Flask) -> None:
     with app.app_context():
         engine = db.engine
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
+    else:
+        _ping_idle_connections(engine)
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Pessimistic disconnect handling without a round trip on every request (what
+    pool_pre_ping costs): a connection is pinged only when it has sat idle in the pool, so
+    one that died with the server (a restart, an outage) is replaced before a request gets
+    it. A busy pool never pings; a connection that breaks under load invalidates the whole
+    pool, so the next checkouts reconnect."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record):
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy):
+        idle_since = record.info.get("checked_in_at")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            dbapi_connection.execute("SELECT 1")
+            dbapi_connection.rollback()
+        except Exception as error:
+            raise DisconnectionError("idle connection is dead") from error  # the pool retries with a new one
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -46,7 +76,10 @@ def write_transaction() -> Iterator[Session]:
     session = db.session()  # the request's Session behind the scoped proxy
     if session.in_transaction():
         session.commit()  # close a read-only transaction before taking the write lock
-    session.connection(execution_options={_WRITE: True})
+    options = {_WRITE: True}
+    if session.get_bind().dialect.name == "postgresql":
+        options["isolation_level"] = "READ COMMITTED"  # reads autocommit; a write is one transaction
+    session.connection(execution_options=options)
     try:
         yield session
         session.commit()

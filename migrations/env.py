@@ -34,6 +34,9 @@ def run_migrations_online() -> None:
     conf_args.setdefault("process_revision_directives", process_revision_directives)
     conf_args.setdefault("compare_type", True)
     with db.engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # the app's engine reads in autocommit; a migration is one transaction (transactional DDL)
+            connection = connection.execution_options(isolation_level="READ COMMITTED")
         conf_args["render_as_batch"] = connection.dialect.name == "sqlite"  # SQLite cannot ALTER much
         context.configure(connection=connection, target_metadata=target_metadata, **conf_args)
         with context.begin_transaction():
