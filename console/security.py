@@ -2,6 +2,17 @@
 from __future__ import annotations
 
 from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
+
+
+class ConsoleSessionInterface(SecureCookieSessionInterface):
+    """The signed cookie session, for the console only: /api authenticates by bearer token
+    and never reads or sets a cookie (no work per API request, and nothing for CSRF to ride on)."""
+
+    def open_session(self, app, request):
+        if request.path.startswith("/api/") or request.path == "/healthz":
+            return None  # Flask substitutes a read-only null session
+        return super().open_session(app, request)
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",
@@ -18,6 +29,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
 
 
 def init_security(app: Flask) -> None:
+    app.session_interface = ConsoleSessionInterface()
     origins = [o.strip() for o in str(app.config.get("CORS_ORIGINS") or "").split(",") if o.strip()]
     if origins:
         from flask_cors import CORS  # noqa: PLC0415
