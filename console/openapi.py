@@ -52,6 +52,7 @@ MODELS = [s.EscalationCreate, s.EscalationOption, s.ResolveRequest, s.SkipReques
           s.EscalationResponse, s.EscalationPage, s.EventEnvelope, s.EventPage, s.ProblemDetails, s.HealthResponse]
 
 COMMON_ERRORS = {
+    400: "The body is empty, not valid JSON, or not a JSON object",
     401: "Missing or invalid credentials (WWW-Authenticate: Bearer)",
     403: "The wrong kind of caller (agent token on a founder action, or the reverse)",
     404: "Not found, or not yours",
@@ -59,6 +60,21 @@ COMMON_ERRORS = {
     415: "Body is not JSON",
     422: "Invalid input: `errors` lists [{field, message}]",
     503: "The database is not answering; retry",
+}
+
+
+# Before OpenAPI 3.2 (which names it itemSchema), the `schema` of text/event-stream describes one event.
+SSE_EVENT = {
+    "type": "object",
+    "description": "One Server-Sent Event: `event` is the envelope's `type` (or `heartbeat`), `id` the event id, "
+                   "`data` the envelope as JSON (`{}` for a heartbeat)",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string"},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
 }
 
 
@@ -101,7 +117,7 @@ def openapi_document() -> dict:
             content_type = "application/problem+json" if model is s.ProblemDetails else "application/json"
             if model == "text/event-stream":
                 operation["responses"][str(status)] = {
-                    "description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+                    "description": description, "content": {"text/event-stream": {"schema": SSE_EVENT}}}
                 continue
             operation["responses"][str(status)] = {
                 "description": description, "content": {content_type: {"schema": _schema_ref(model)}}}

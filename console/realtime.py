@@ -37,6 +37,7 @@ from .services.escalations import get_escalation
 log = logging.getLogger(__name__)
 
 LONG_POLL_RECHECK_SECONDS = 5.0
+FEED_IDLE_SECONDS = 60.0
 STREAM_BATCH = 500
 
 
@@ -61,10 +62,10 @@ class EventHub:
     # -- what waiters use
     @contextmanager
     def watch(self, key: str) -> Iterator[None]:
-        self._ensure_feed()
         with self._cond:
             self._watchers[key] += 1
             self._latest.setdefault(key, 0)
+        self._ensure_feed()  # after registering: a feed thread about to idle out sees us
         try:
             yield
         finally:
@@ -118,6 +119,22 @@ class EventHub:
         # Do not miss a NOTIFY sent between this watch and the LISTEN: wait (briefly) for it.
         self._listening.wait(timeout=2.0)
 
+    def _should_stop(self, idle_since: float | None) -> tuple[bool, float | None]:
+        """A feed with nobody watching for FEED_IDLE_SECONDS stops (and lets its connection
+        go); the next watch starts a new one, which catches up from the log."""
+        if self.watching:
+            return False, None
+        now = time.monotonic()
+        if idle_since is None:
+            return False, now
+        if now - idle_since < FEED_IDLE_SECONDS:
+            return False, idle_since
+        with self._feed_lock:
+            if self.watching:
+                return False, None
+            self._feed_pid = None
+            return True, None
+
     def _high_water(self) -> int:
         with self.app.app_context():
             try:
@@ -146,6 +163,7 @@ class EventHub:
     def _poll_loop(self) -> None:
         interval = float(self.app.config.get("SQLITE_POLL_SECONDS", 0.5))
         high_water = None
+        idle_since = None
         self._listening.set()
         while True:
             try:
@@ -155,12 +173,16 @@ class EventHub:
                     high_water = self._catch_up(high_water)
             except Exception:  # the database may be away; try again next round
                 log.debug("event poll failed", exc_info=True)
+            stop, idle_since = self._should_stop(idle_since)
+            if stop:
+                return
             time.sleep(interval)
 
     def _listen_loop(self) -> None:
         with self.app.app_context():
             conninfo = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         high_water = None
+        idle_since = None
         backoff = 0.5
         while True:
             try:
@@ -174,10 +196,16 @@ class EventHub:
                             event_id, job_id, founder_id = json.loads(notice.payload)
                             high_water = max(high_water, event_id)
                             self.publish([(event_id, job_id, founder_id)])
+                        stop, idle_since = self._should_stop(idle_since)
+                        if stop:
+                            return
                         conn.execute("SELECT 1")  # notice a dead connection within seconds
-            except Exception:
-                log.warning("event LISTEN connection lost; reconnecting in %.1f s", backoff, exc_info=True)
+            except Exception as error:
+                log.warning("event LISTEN connection lost (%s); reconnecting in %.1f s", error, backoff)
                 self._listening.set()  # waiters fall back to their periodic re-checks
+                stop, idle_since = self._should_stop(idle_since)
+                if stop:
+                    return
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 

@@ -12,8 +12,8 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, ValidationError, field_validator,
-    model_validator,
+    AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, StringConstraints, ValidationError,
+    field_validator, model_validator,
 )
 
 from .config import MAX_EVENT_PAYLOAD_BYTES
@@ -24,10 +24,19 @@ MAX_OPTIONS = 10
 MAX_ATTEMPTS = 50
 MAX_TEXT = 10_000
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-ShortId = Annotated[str, StringConstraints(min_length=1, max_length=100)]  # keeps the signature within 255
-Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
-OptionalText = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+def _no_nul(value: str) -> str:
+    # PostgreSQL stores no NUL in text (nor \u0000 in jsonb): refuse it on every backend alike.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)
+Id = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul]
+ShortId = Annotated[str, StringConstraints(min_length=1, max_length=100), NoNul]  # keeps the signature within 255
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT), NoNul]
+RawText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]  # only hashed, never stored
+OptionalText = Annotated[str, StringConstraints(max_length=MAX_TEXT), NoNul]
 OptionValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")]
 Timestamp = Annotated[dt.datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str, when_used="json")]
 Status = Literal["pending", "resolved", "skipped"]
@@ -45,10 +54,10 @@ class EscalationOption(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     value: OptionValue = Field(description="Machine value: 1-100 of A-Z a-z 0-9 _ . : -")
-    label: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    label: Annotated[str, StringConstraints(min_length=1, max_length=500), NoNul]
     description: OptionalText = ""
-    requires_guidance: bool | None = Field(None, description="The founder must write guidance with it")
-    recommended: bool | None = Field(None, description="The agent's recommended answer")
+    requires_guidance: StrictBool | None = Field(None, description="The founder must write guidance with it")
+    recommended: StrictBool | None = Field(None, description="The agent's recommended answer")
 
 
 class EscalationCreate(BaseModel):
@@ -62,7 +71,7 @@ class EscalationCreate(BaseModel):
     recommended_action: Text
     attempts_summary: list[Text] = Field(default_factory=list, max_length=MAX_ATTEMPTS)
     options: list[EscalationOption] = Field(default_factory=list, max_length=MAX_OPTIONS)
-    error_message: Text | None = Field(None, description="Raw error text, used only for the signature; never stored")
+    error_message: RawText | None = Field(None, description="Raw error text, used only for the signature; never stored")
     error_signature: Id | None = Field(None, description="The agent's own signature, stored as given")
 
     _blank = field_validator("session_id", "project_id", "founder_id", "error_type",
@@ -86,7 +95,7 @@ class EscalationCreate(BaseModel):
 class ResolveRequest(BaseModel):
     """Body of POST /api/escalations/{id}/resolve (the founder decides)."""
 
-    decision: Annotated[str, StringConstraints(max_length=255)] = Field(
+    decision: Annotated[str, StringConstraints(max_length=255), NoNul] = Field(
         description="One of the escalation's option values (any value when it has none)")
     guidance: OptionalText | None = Field(None, description="Free text for the agent; stripped, blank becomes null")
 
@@ -103,9 +112,12 @@ class EventCreate(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="An agent-posted SSEEventType value")
+    type: str = Field(description="An agent-posted SSEEventType value",
+                      json_schema_extra={"enum": sorted(AGENT_EVENT_TYPES)})
     founder_id: Id
     project_id: ShortId | None = None
+
+    _blank = field_validator("founder_id", "project_id")(_not_blank)
 
     @field_validator("type")
     @classmethod
@@ -119,6 +131,8 @@ class EventCreate(BaseModel):
     @model_validator(mode="after")
     def _payload_limits(self) -> EventCreate:
         reserved = ENVELOPE_KEYS & set(self.payload)
+        if _unstorable(self.payload):
+            raise ValueError("payload: NUL characters and unpaired surrogates cannot be stored")
         if reserved:
             raise ValueError(f"payload: the keys {sorted(reserved)} are set by the server")
         if len(json.dumps(self.payload).encode()) > MAX_EVENT_PAYLOAD_BYTES:
@@ -128,6 +142,17 @@ class EventCreate(BaseModel):
     @property
     def payload(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+def _unstorable(value: Any) -> bool:
+    """NUL or an unpaired surrogate anywhere in a JSON value, keys included (jsonb refuses both)."""
+    if isinstance(value, str):
+        return "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, list):
+        return any(_unstorable(v) for v in value)
+    if isinstance(value, dict):
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
+    return False
 
 
 class EscalationResponse(BaseModel):

@@ -18,6 +18,17 @@ from ..services import jobs as job_service
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def json_body(*, required: bool = True) -> dict[str, Any]:
     """The request's JSON object: 415 when it is not JSON, 400 when it does not parse or is
     not an object (413 over the size limit comes from MAX_CONTENT_LENGTH)."""
@@ -29,7 +40,7 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
     if not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
         raise UnsupportedMediaType("Send the body as JSON, with 'Content-Type: application/json'.")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_not_json, parse_float=_finite_float)  # no NaN, Infinity, 1e400
     except ValueError as error:
         raise BadRequest(f"The body is not valid JSON: {error}.") from None
     except RecursionError:

@@ -23,10 +23,9 @@ from ..extensions import db
 from ..models import PENDING, RESOLVED, SKIPPED, AgentEscalation, utcnow
 from ..schemas import EscalationCreate
 from ..signatures import error_signature
-from .jobs import claim_job, dialect_insert
+from .jobs import check_job_id, claim_job, dialect_insert, possible_job_id
 
 PROVIDE_GUIDANCE = "provide_guidance"  # the conventional option whose answer is the guidance itself
-MAX_ID_LENGTH = 255
 
 
 # --- create ----------------------------------------------------------------------------------
@@ -35,8 +34,7 @@ def create_escalation(job_id: str, data: EscalationCreate) -> tuple[AgentEscalat
     """Open an escalation, or count another occurrence of the pending one with the same
     job and error signature. Returns (escalation, created). Race-safe: concurrent identical
     creates collapse into one row by the partial unique index."""
-    if not job_id or len(job_id) > MAX_ID_LENGTH:
-        raise ValidationFailed([FieldError("job_id", f"must be 1-{MAX_ID_LENGTH} characters")])
+    check_job_id(job_id)
     signature = data.error_signature
     if signature is None:
         signature = error_signature(data.project_id, data.error_type, data.error_message or "")
@@ -105,6 +103,8 @@ def get_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> Agen
 
 def list_job_escalations(job_id: str, principal: Principal, status: str | None = None) -> list[AgentEscalation]:
     """A job's escalations, newest first ([] for an unknown or foreign job)."""
+    if not possible_job_id(job_id):
+        return []
     query = select(AgentEscalation).where(AgentEscalation.job_id == job_id)
     if not principal.is_agent:
         query = query.where(AgentEscalation.founder_id == principal.founder_id)
@@ -123,6 +123,8 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, escalation_id = json.loads(raw)
+        if not isinstance(created_at, str) or not isinstance(escalation_id, str):
+            raise ValueError("not a cursor")
         when = dt.datetime.fromisoformat(created_at)
         if when.tzinfo is None:
             raise ValueError("naive")

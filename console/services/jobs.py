@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..auth import Principal
 from ..database import write_transaction
-from ..errors import Conflict
+from ..errors import Conflict, FieldError, ValidationFailed
 from ..events import list_events, record_event
 from ..extensions import db
 from ..models import Job, JobEvent, utcnow
@@ -20,22 +21,42 @@ def dialect_insert(model):
     return (pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
 
 
-# A job's founder never changes once stored, so each process remembers the owners it has
-# read (committed rows only): most writes to a known job then skip the ownership queries.
-_known_owners: dict[str, str] = {}
+# A job's founder never changes once stored, so each app remembers the owners it has read
+# (committed rows only): most writes to a known job then skip the ownership queries. Per app,
+# not per process: one process may serve several databases (the tests run SQLite and
+# PostgreSQL apps side by side), and an owner read from one must never answer for another.
 _KNOWN_OWNERS_MAX = 50_000
 
 
+def _known_owners() -> dict[str, str]:
+    return current_app.extensions.setdefault("console_known_job_owners", {})
+
+
 def _remember_owner(job_id: str, founder_id: str) -> None:
-    if len(_known_owners) >= _KNOWN_OWNERS_MAX:
-        _known_owners.clear()
-    _known_owners[job_id] = founder_id
+    owners = _known_owners()
+    if len(owners) >= _KNOWN_OWNERS_MAX:
+        owners.clear()
+    owners[job_id] = founder_id
+
+
+MAX_JOB_ID = 255
+
+
+def possible_job_id(job_id: str) -> bool:
+    """Could a job have this id? Other ids find nothing, without asking the database (which
+    refuses NUL on PostgreSQL)."""
+    return 1 <= len(job_id) <= MAX_JOB_ID and "\x00" not in job_id
+
+
+def check_job_id(job_id: str) -> None:
+    if not possible_job_id(job_id):
+        raise ValidationFailed([FieldError("job_id", f"must be 1-{MAX_JOB_ID} characters, without NUL")])
 
 
 def claim_job(job_id: str, founder_id: str, project_id: str | None) -> None:
     """Inside a write transaction: record the job's founder on first sight, and refuse a
     second founder for it (a job has exactly one)."""
-    owner = _known_owners.get(job_id)
+    owner = _known_owners().get(job_id)
     if owner is None:
         inserted = db.session.execute(
             dialect_insert(Job)
@@ -52,20 +73,22 @@ def claim_job(job_id: str, founder_id: str, project_id: str | None) -> None:
 
 
 def job_visible_to(job_id: str, principal: Principal) -> bool:
-    """Agents see every job; a founder sees the jobs they own. Unknown jobs are invisible."""
-    if principal.is_agent:
-        return True
-    owner = _known_owners.get(job_id)
+    """Agents see every job; a founder sees the jobs they own. Unknown jobs are invisible (to
+    agents too: the stream of an unknown job is 404, SPEC §6)."""
+    if not possible_job_id(job_id):
+        return False
+    owner = _known_owners().get(job_id)
     if owner is None:
         owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one_or_none()
         if owner is not None:
             _remember_owner(job_id, owner)
-    return owner is not None and owner == principal.founder_id
+    return owner is not None and (principal.is_agent or owner == principal.founder_id)
 
 
 def post_job_event(job_id: str, event_type: str, founder_id: str, project_id: str | None,
                    payload: dict[str, Any]) -> JobEvent:
     """An agent-posted event (type already checked against the vocabulary)."""
+    check_job_id(job_id)
     if project_id is not None:
         payload = {**payload, "project_id": project_id}
     with write_transaction():
