@@ -61,10 +61,6 @@ class Forbidden(ServiceError):
     status, title = 403, "Forbidden"
 
 
-class ServiceUnavailable(ServiceError):
-    status, title = 503, "Service unavailable"
-
-
 def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra: Any) -> Response:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     resp = Response(json.dumps(body), status=status, mimetype="application/problem+json")

@@ -17,7 +17,6 @@ JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 EventId = BigInteger().with_variant(Integer(), "sqlite")
 
 PENDING, RESOLVED, SKIPPED = "pending", "resolved", "skipped"
-STATUSES = (PENDING, RESOLVED, SKIPPED)
 
 
 def utcnow() -> dt.datetime:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from urllib.parse import urlsplit
 
@@ -240,3 +241,47 @@ def test_the_example_agent_loop_gets_the_founders_decision_end_to_end(two_postgr
     types = [e["type"] for e in events]
     assert types.count("agent.retrying") == 3
     assert types.index("agent.waiting_for_input") < types.index("agent.escalation_resolved") < types.index("agent.waking")
+
+
+def test_open_streams_hold_no_database_connection(postgres, ids):
+    """Ten open console live streams and ten API streams on an app whose pool has two
+    connections: requests still get a connection at once."""
+    import http.cookiejar
+    import re
+
+    url = postgres.create("console_pool")
+    migrate(url)
+    app = make_app(url, SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2, "max_overflow": 0, "pool_timeout": 2,
+                                                  "isolation_level": "AUTOCOMMIT"})
+    streams = []
+    try:
+        with ThreadedServer(app) as server:
+            jobs = [f"{ids.job_id}-{i}" for i in range(10)]
+            for job in jobs:
+                escalate(server.url, job, ids.founder_id)
+            jar = http.cookiejar.CookieJar()
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+            page = opener.open(server.url + "/login").read().decode()
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+            form = urllib.parse.urlencode({"csrf_token": csrf, "token": mint_jwt(ids.founder_id)}).encode()
+            opener.open(server.url + "/login", data=form)
+            cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+            for job in jobs:  # distinct jobs: no owner is remembered from an earlier stream
+                streams.append(SSE(server.url, f"/jobs/{job}/live", {"Cookie": cookie}))
+                streams.append(SSE(server.url, f"/api/jobs/{job}/events/stream",
+                                   {"Authorization": f"Bearer {AGENT_TOKEN}"}))
+            assert {s.status for s in streams} == {200}
+            for s in streams:
+                assert s.collect(1, timeout=5)  # each replayed the waiting event, then idles
+            from console.extensions import db
+            with app.app_context():
+                assert db.engine.pool.checkedout() == 0
+            started = time.monotonic()
+            status, body = call(server.url, "GET", f"/api/jobs/{jobs[0]}/escalations")
+            assert status == 200 and len(body) == 1
+            assert time.monotonic() - started < 1.5
+    finally:
+        for s in streams:
+            s.close()
+        dispose(app)
+        postgres.drop(url)
