@@ -12,7 +12,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, StringConstraints, ValidationError,
+    AfterValidator, BaseModel, ConfigDict, TypeAdapter, Field, PlainSerializer, StrictBool, StringConstraints, ValidationError,
     field_validator, model_validator,
 )
 
@@ -272,3 +272,21 @@ def parse(model: type[BaseModel], data: Any):
 
 def escalation_json(escalation) -> dict[str, Any]:
     return EscalationResponse.model_validate(escalation).model_dump(mode="json")
+
+
+_ESCALATION_LIST = TypeAdapter(list[EscalationResponse])
+
+
+def escalation_json_bytes(escalation) -> bytes:
+    """The API's JSON of one escalation, serialised by pydantic-core in one step."""
+    return EscalationResponse.model_validate(escalation).model_dump_json().encode()
+
+
+def escalation_list_json_bytes(escalations) -> bytes:
+    return _ESCALATION_LIST.dump_json(_ESCALATION_LIST.validate_python(list(escalations), from_attributes=True))
+
+
+def escalation_page_json_bytes(escalations, next_cursor: str | None) -> bytes:
+    page = EscalationPage(items=_ESCALATION_LIST.validate_python(list(escalations), from_attributes=True),
+                          next_cursor=next_cursor)
+    return page.model_dump_json().encode()

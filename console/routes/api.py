@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, json, jsonify, request
+from flask import Blueprint, Response, g, json, jsonify, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from .. import realtime
 from ..auth import api_auth
 from ..schemas import (
     EscalationCreate, EscalationQuery, EventCreate, EventsQuery, InboxQuery, JobEscalationsQuery, ResolveRequest,
-    SkipRequest, escalation_json, parse,
+    SkipRequest, escalation_json_bytes, escalation_list_json_bytes, escalation_page_json_bytes, parse,
 )
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
@@ -54,6 +54,10 @@ def query(model):
     return parse(model, request.args.to_dict())
 
 
+def json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status=status, mimetype="application/json")
+
+
 # --- escalations -----------------------------------------------------------------------------
 
 @bp.get("/escalations/<escalation_id>")
@@ -64,7 +68,7 @@ def get_escalation(escalation_id: str):
         escalation = realtime.wait_until_settled(escalation_id, g.principal, wait)
     else:
         escalation = escalation_service.get_escalation(escalation_id, g.principal)
-    return jsonify(escalation_json(escalation))
+    return json_response(escalation_json_bytes(escalation))
 
 
 @bp.get("/jobs/<job_id>/escalations")
@@ -72,7 +76,7 @@ def get_escalation(escalation_id: str):
 def list_job_escalations(job_id: str):
     params = query(JobEscalationsQuery)
     items = escalation_service.list_job_escalations(job_id, g.principal, params.status)
-    return jsonify([escalation_json(e) for e in items])
+    return json_response(escalation_list_json_bytes(items))
 
 
 @bp.post("/jobs/<job_id>/escalations")
@@ -80,7 +84,7 @@ def list_job_escalations(job_id: str):
 def create_escalation(job_id: str):
     data = parse(EscalationCreate, json_body())
     escalation, created = escalation_service.create_escalation(job_id, data)
-    return jsonify(escalation_json(escalation)), 201 if created else 200
+    return json_response(escalation_json_bytes(escalation), 201 if created else 200)
 
 
 @bp.get("/escalations")
@@ -90,7 +94,7 @@ def list_founder_escalations():
     items, next_cursor = escalation_service.list_founder_escalations(
         g.principal.founder_id, status=params.status, project_id=params.project_id, job_id=params.job_id,
         limit=params.limit, cursor=params.cursor)
-    return jsonify({"items": [escalation_json(e) for e in items], "next_cursor": next_cursor})
+    return json_response(escalation_page_json_bytes(items, next_cursor))
 
 
 @bp.post("/escalations/<escalation_id>/resolve")
@@ -99,14 +103,14 @@ def resolve_escalation(escalation_id: str):
     data = parse(ResolveRequest, json_body())
     escalation = escalation_service.resolve_escalation(escalation_id, g.principal.founder_id,
                                                        data.decision, data.guidance)
-    return jsonify(escalation_json(escalation))
+    return json_response(escalation_json_bytes(escalation))
 
 
 @bp.post("/escalations/<escalation_id>/skip")
 @api_auth(founder=False)
 def skip_escalation(escalation_id: str):
     data = parse(SkipRequest, json_body(required=False))
-    return jsonify(escalation_json(escalation_service.skip_escalation(escalation_id, data.reason)))
+    return json_response(escalation_json_bytes(escalation_service.skip_escalation(escalation_id, data.reason)))
 
 
 # --- the job event log -----------------------------------------------------------------------
