@@ -40,7 +40,6 @@ import sys
 import threading
 import time
 import urllib.parse
-import uuid
 from pathlib import Path
 
 import jwt
@@ -53,7 +52,9 @@ RESULTS = BENCH / "results"
 LUA = BENCH / "lua" / "requests.lua"
 HOST = "127.0.0.1"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-GUNICORN_ARGS = ["-w", "2", "-k", "gthread", "--threads", "8", "--no-control-socket"]
+# --reuse-port: the kernel spreads connections over both workers (without it one worker often
+# accepts every keep-alive connection of wrk and the other idles, for either contender).
+GUNICORN_ARGS = ["-w", "2", "-k", "gthread", "--threads", "8", "--no-control-socket", "--reuse-port"]
 
 OPTIONS = [
     {"value": "retry", "label": "Retry with a clean cache",

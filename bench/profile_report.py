@@ -62,7 +62,7 @@ def main() -> int:
         shown += 1
         if shown >= args.top:
             break
-    print(f"\ntop self time:")
+    print("\ntop self time:")
     for frame, n in self_.most_common(15):
         print(f"{100 * n / total:6.1f}  {frame}")
     return 0
