@@ -11,8 +11,21 @@ no errors, no violations and no worker RSS growth over 20 % and 20 MB after warm
 """
 from __future__ import annotations
 
-import argparse, http.client, json, os, random, secrets, signal, socket, subprocess, sys, tempfile
-import threading, time, urllib.error, urllib.parse, urllib.request
+import argparse
+import http.client
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
@@ -62,6 +75,7 @@ class Run:
         self.stats, self.lock = Stats(), threading.Lock()
         self.seen = {}            # escalation id -> {"job", "dedupes", "decision", "skipped"}
         self.jobs = set()
+        self.posted = Counter()   # job -> agent.retrying events answered 201
         self.ready = defaultdict(threading.Event)  # agent index -> its first job exists
         self.sse = {}             # job -> event ids received on the stream, in order
         self.sse_conns = []
@@ -108,8 +122,10 @@ def agent(run: Run, i: int, founder: str, seed: int):
         with run.lock:
             run.jobs.add(job)
         for attempt in range(1, rnd.randint(1, 3) + 1):
-            run.call("events.post", "POST", f"/api/jobs/{job}/events", tok, ok=(201,), body={
+            status, _ = run.call("events.post", "POST", f"/api/jobs/{job}/events", tok, ok=(201,), body={
                 "type": "agent.retrying", "founder_id": founder, "attempt": attempt, "error_type": "KeyError"})
+            with run.lock:
+                run.posted[job] += status == 201
         run.ready[i].set()
         body = {"session_id": f"sess-a{i}", "project_id": f"proj-a{i}", "founder_id": founder,
                 "error_type": "KeyError", "error_signature": f"proj-a{i}:KeyError:{n:08x}",
@@ -246,26 +262,31 @@ def verify(run: Run) -> dict:
     def bad(kind, detail):
         v[kind] += 1
         if len(problems) < 30:
-            problems.append(f"{kind}: {detail}")
+            problems.append(f"{kind}: {detail}"[:300])
 
     events = defaultdict(lambda: defaultdict(list))  # escalation id -> type -> [events]
     for job in sorted(run.jobs):
-        after, ids = 0, []
+        after, ids, retrying = 0, [], 0
         while True:
             status, page = run.call("verify.events", "GET", f"/api/jobs/{job}/events?after={after}&limit=500", tok)
             if status != 200 or not page["items"]:
                 break
             for e in page["items"]:
                 ids.append(e["id"])
+                retrying += e["type"] == "agent.retrying"
                 if e["type"] in ("agent.waiting_for_input", "agent.escalation_resolved"):
                     events[e["escalation_id"]][e["type"]].append(e)
             after = page["next_after"]
         if any(b <= a for a, b in pairwise(ids)):
             bad("event ids not increasing", job)
+        if retrying != run.posted[job]:
+            bad("agent.retrying stored != posted", f"{job}: {retrying} != {run.posted[job]}")
         if job in run.sse:  # the stream must have delivered every stored id up to the last it saw
             got = run.sse[job]
             if any(b <= a for a, b in pairwise(got)) or {i for i in ids if got and i <= got[-1]} - set(got):
                 bad("sse gap or disorder", job)
+            v["sse_received"] += len(got)
+            v["sse_stored"] += len(ids)
         v["events"] += len(ids)
     for eid in sorted(set(events) - set(run.seen)):
         bad("event of an unknown escalation", eid)
@@ -291,7 +312,8 @@ def verify(run: Run) -> dict:
             bad("skip answered 200 <-> skipped status mismatch", eid)
         if esc["occurrences"] != 1 + mine.get("dedupes", 0):
             bad("occurrences != 1 + dedupes", f"{eid}: {esc['occurrences']}")
-    return {"escalations": len(run.seen), "jobs": len(run.jobs), "events": v.pop("events", 0),
+    sse = {"received": v.pop("sse_received", 0), "stored": v.pop("sse_stored", 0)}  # of the subscribed jobs
+    return {"escalations": len(run.seen), "jobs": len(run.jobs), "events": v.pop("events", 0), "sse_events": sse,
             "statuses": dict(statuses), "violations": sum(v.values()), "by_kind": dict(v), "samples": problems}
 
 
@@ -326,10 +348,10 @@ def report(args, run, load_s, rss, warm_at, verification, server_errors) -> tupl
             "rss_warm_at_s": warm_at, "workers": workers, "rss_leaking_workers": leaking,
             "verification": verification, "passed": passed}
     v = verification
-    md = [f"# Soak run\n\n`{data['command']}`: {data['load_seconds']} s of load, {args.agents} agents, "
-          f"{args.founders} founders; gunicorn -w 2 -k gthread --threads 16, PostgreSQL\n",
-          f"**{'PASS' if passed else 'FAIL'}**: {requests} requests ({data['requests_per_s']}/s), errors {errors} "
-          f"(server log {server_errors}), races {sum(s.races.values())}, violations {v['violations']}\n",
+    md = [(f"# Soak run\n\n`{data['command']}`: {data['load_seconds']} s of load, {args.agents} agents, "
+           f"{args.founders} founders; gunicorn -w 2 -k gthread --threads 16, PostgreSQL\n"),
+          (f"**{'PASS' if passed else 'FAIL'}**: {requests} requests ({data['requests_per_s']}/s), errors {errors} "
+           f"(server log {server_errors}), races {sum(s.races.values())}, violations {v['violations']}\n"),
           "| endpoint | requests | statuses | p50 ms | p99 ms | errors | races |",
           "|---|---:|---|---:|---:|---:|---:|"]
     md += [(f"| {k} | {e['requests']} | {' '.join(f'{c}:{n}' for c, n in e['statuses'].items())} | "
@@ -339,7 +361,8 @@ def report(args, run, load_s, rss, warm_at, verification, server_errors) -> tupl
     md += [f"| {pid} | {w['warm_mb']} | {w['end_mb']} | {w['max_mb']} | {w['growth_mb']} | {w['growth_pct']} |"
            for pid, w in workers.items()]
     md += ["", (f"Verification: {v['escalations']} escalations {v['statuses']} in {v['jobs']} jobs, "
-                f"{v['events']} events, {v['violations']} violations {v['by_kind'] or ''}")]
+                f"{v['events']} events (SSE subscribers received {v['sse_events']['received']} of the "
+                f"{v['sse_events']['stored']} stored in their jobs), {v['violations']} violations {v['by_kind'] or ''}")]
     md += [f"* {line}" for line in s.error_samples + v["samples"]]
     return data, "\n".join(md) + "\n"
 
@@ -362,60 +385,68 @@ def main() -> int:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
     db, port = f"soak_{os.getpid()}", free_port()
+    # A prefix keeps the secrets strings: Flask's from_prefixed_env parses values as JSON.
     secret = {k: "soak-" + secrets.token_urlsafe(32) for k in ("JWT_SECRET", "AGENT_TOKEN", "SECRET_KEY")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONSOLE_")}
     env.update({f"CONSOLE_{k}": v for k, v in secret.items()}, DATABASE_URL=f"{PG}/{db}", PYTHONUNBUFFERED="1")
-    server, log = None, tempfile.NamedTemporaryFile(prefix="soak-gunicorn-", suffix=".log", delete=False)
+    log_path = Path(tempfile.gettempdir()) / f"soak-{os.getpid()}-gunicorn.log"
+    server = None
     try:
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{db}"')
         subprocess.run([str(ROOT / ".venv/bin/flask"), "--app", "console", "db", "upgrade"], cwd=ROOT, env=env,
                        check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server = subprocess.Popen(
-            [str(ROOT / ".venv/bin/python"), "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "16",
-             "--no-control-socket", "-b", f"{HOST}:{port}", "console:create_app()"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        for _ in range(150):  # /healthz within 30 s
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen(
+                [str(ROOT / ".venv/bin/python"), "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "16",
+                 "--no-control-socket", "-b", f"{HOST}:{port}", "console:create_app()"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)  # its own process group, stopped in finally
+        for _ in range(150):  # /healthz within ~30 s
             try:
                 if urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=2).status == 200:
                     break
             except OSError:
                 time.sleep(0.2)
         else:
-            raise RuntimeError(f"gunicorn did not become healthy; see {log.name}")
+            raise RuntimeError(f"gunicorn did not become healthy; see {log_path}")
+
         run = Run(port, secret["AGENT_TOKEN"], secret["JWT_SECRET"])
         founders = [f"soak-founder-{k}" for k in range(args.founders)]
         actors = [threading.Thread(target=agent, args=(run, i, founders[i % len(founders)], i), daemon=True)
                   for i in range(args.agents)]
         actors += [threading.Thread(target=founder_loop, args=(run, f, 1000 + k), daemon=True)
                    for k, f in enumerate(founders)]
+        # Founder k's SSE subscriber follows the first job of agent k (whose founder is k).
         readers = [threading.Thread(target=sse_reader, args=(run, f, f"soak-a{k}-j0", k), daemon=True)
                    for k, f in enumerate(founders) if k < args.agents]
-        print(f"soak: {args.seconds:g} s, {args.agents} agents, {args.founders} founders on :{port}, db {db}", flush=True)
+        print(f"soak: {args.seconds:g} s, {args.agents} agents, {args.founders} founders on :{port}, db {db}",
+              flush=True)
         t0, rss, warm_at = time.monotonic(), [], min(30.0, args.seconds / 3)
         for thread in actors + readers:
             thread.start()
         while (elapsed := time.monotonic() - t0) < args.seconds:
             rss.append((round(elapsed, 1), worker_rss(server.pid)))
-            time.sleep(min(5.0, max(0.0, args.seconds - elapsed)))
+            time.sleep(min(5.0, args.seconds - elapsed))
+        load_s = time.monotonic() - t0
+        rss.append((round(load_s, 1), worker_rss(server.pid)))
         STOP.set()
-        for thread in actors:
+        for thread in actors:  # agents finish their current long-poll (<= 10 s)
             thread.join(timeout=30)
-        seconds = time.monotonic() - t0
-        rss.append((round(seconds, 1), worker_rss(server.pid)))
         for conn in run.sse_conns:  # unblock the SSE readers
             try:
-                conn.sock and conn.sock.shutdown(socket.SHUT_RDWR)
+                if conn.sock:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
         for thread in readers:
             thread.join(timeout=5)
-        print(f"soak: load stopped after {seconds:.0f} s; verifying", flush=True)
+        print(f"soak: load stopped after {load_s:.0f} s (drained at {time.monotonic() - t0:.0f} s); verifying",
+              flush=True)
         verification = verify(run)
-        server_log = Path(log.name).read_text(errors="replace")
-        server_errors = sum(1 for line in server_log.splitlines()
+        server_errors = sum(1 for line in log_path.read_text(errors="replace").splitlines()
                             if any(w in line for w in ("Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT")))
-        data, md = report(args, run, seconds, rss, warm_at, verification, server_errors)
+        data, md = report(args, run, load_s, rss, warm_at, verification, server_errors)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "soak.json").write_text(json.dumps(data, indent=2) + "\n")
         (RESULTS / "soak.md").write_text(md)
@@ -427,7 +458,7 @@ def main() -> int:
     finally:
         STOP.set()
         if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)  # the process group this run started
+            os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -435,8 +466,7 @@ def main() -> int:
                 server.wait(timeout=5)
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        log.close()
-        print(f"soak: server stopped, database {db} dropped (server log {log.name})", file=sys.stderr)
+        print(f"soak: server stopped, database {db} dropped (server log {log_path})", file=sys.stderr)
 
 
 if __name__ == "__main__":

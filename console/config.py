@@ -101,6 +101,10 @@ def load_generated_secrets(instance_path: str) -> dict[str, str]:
 def configure(app: Flask, test_config: dict | None) -> None:
     app.config.from_object(DefaultConfig)
     app.config.from_prefixed_env("CONSOLE")
+    for name in GENERATED_SECRETS:  # opaque strings: never JSON-parsed ("1e3", "true" and "0" stay as given)
+        raw = os.environ.get(f"CONSOLE_{name}")
+        if raw:
+            app.config[name] = raw
     if test_config:
         app.config.update(test_config)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):

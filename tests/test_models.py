@@ -72,3 +72,12 @@ def test_vocabulary_has_sixteen_types_two_of_them_server_owned():
     for name, value in vars(SSEEventType).items():
         if name.isupper():
             assert name == value.upper().replace(".", "_")
+
+
+def test_secrets_from_the_environment_are_taken_verbatim(monkeypatch, tmp_path):
+    from console import create_app
+
+    monkeypatch.setenv("CONSOLE_AGENT_TOKEN", "1e3")
+    monkeypatch.setenv("CONSOLE_JWT_SECRET", "true")
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'x.db'}"})
+    assert app.config["AGENT_TOKEN"] == "1e3" and app.config["JWT_SECRET"] == "true"
