@@ -15,12 +15,12 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from ..live import console_frame, describe_event, latest_event_id, time_ago
 from ..realtime import founder_event_stream, job_event_stream
 from ..routes.stream import resume_point, sse_response
 from ..schemas import ResolveRequest, parse
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
-from ..live import console_frame, describe_event, latest_event_id, time_ago
 
 bp = Blueprint("pages", __name__)
 
@@ -135,7 +135,7 @@ def job(job_id: str):
     live_after = latest_event_id()
     escalations = escalation_service.list_job_escalations(job_id, founder())
     escalations.sort(key=lambda e: e.status != "pending")  # stable: pending first, each newest first
-    events = job_service.list_job_events(job_id, founder(), 0, 10_000)[-TIMELINE_LENGTH:]
+    events = job_service.recent_job_events(job_id, founder(), TIMELINE_LENGTH)
     return render_template("job.html", job_id=job_id, escalations=escalations, events=events,
                            known=bool(escalations or events), live_after=live_after)
 

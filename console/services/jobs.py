@@ -97,6 +97,14 @@ def post_job_event(job_id: str, event_type: str, founder_id: str, project_id: st
     return event
 
 
+def recent_job_events(job_id: str, principal: Principal, limit: int) -> list[JobEvent]:
+    """The job's last `limit` events, oldest first (the console's timeline)."""
+    if not job_visible_to(job_id, principal):
+        return []
+    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc()).limit(limit)
+    return list(reversed(db.session.scalars(query).all()))
+
+
 def list_job_events(job_id: str, principal: Principal, after: int, limit: int) -> list[JobEvent]:
     if not job_visible_to(job_id, principal):
         return []
