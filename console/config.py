@@ -47,7 +47,6 @@ class DefaultConfig:
     SSE_HEARTBEAT_SECONDS = 15.0
     SSE_MAX_STREAM_SECONDS = 300.0
     SQLITE_POLL_SECONDS = 0.5
-    LONG_POLL_MAX_SECONDS = 55
 
 
 def database_uri(url: str | None, instance_path: str) -> str:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import psycopg
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 from sqlalchemy import func, select
 
 from .auth import Principal
@@ -219,8 +219,6 @@ def current_hub() -> EventHub:
 
 
 def _publish_to_current_app(committed) -> None:
-    from flask import has_app_context  # noqa: PLC0415
-
     if has_app_context():
         hub = current_app.extensions.get("console_event_hub")
         if hub is not None:
