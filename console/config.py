@@ -115,5 +115,3 @@ def configure(app: Flask, test_config: dict | None) -> None:
         for name in GENERATED_SECRETS:
             if not app.config.get(name):
                 app.config[name] = generated[name]
-    for name in ("SECRET_KEY", "JWT_SECRET", "AGENT_TOKEN"):
-        app.config[name] = str(app.config[name])

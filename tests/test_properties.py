@@ -188,6 +188,24 @@ def assert_not_5xx(resp) -> None:
         assert_problem(resp)
 
 
+def assert_status_as_predicted(resp, body: Any, verdict: str, success: int) -> None:
+    """The status the oracle's verdict predicts: `success` for OK, 422 for INVALID, either
+    for what a correct server may store or refuse; 413 and 400 for oversized and non-object
+    bodies whatever the verdict."""
+    assert_not_5xx(resp)
+    detail = resp.get_data(as_text=True)[:1000]
+    if size(body) > MAX_BODY:
+        assert resp.status_code == 413
+    elif not isinstance(body, dict):
+        assert resp.status_code == 400, detail
+    elif verdict == OK:
+        assert resp.status_code == success, detail
+    elif verdict == INVALID:
+        assert resp.status_code == 422, detail
+    else:
+        assert resp.status_code in (success, 422), detail
+
+
 def shorten(value: Any, limit: int = 600) -> str:
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
@@ -408,17 +426,7 @@ def test_create_never_fails_and_stores_exactly_or_nothing(client, agent, ids, te
     resp = post_json(client, f"/api/jobs/{job_id}/escalations", body, agent)
     event(f"{verdict} -> {resp.status_code}")
 
-    assert_not_5xx(resp)
-    if size(body) > MAX_BODY:
-        assert resp.status_code == 413
-    elif not isinstance(body, dict):
-        assert resp.status_code == 400
-    elif verdict == OK:
-        assert resp.status_code == 201, resp.get_data(as_text=True)[:1000]
-    elif verdict == INVALID:
-        assert resp.status_code == 422, resp.get_data(as_text=True)[:1000]
-    else:
-        assert resp.status_code in (201, 422), resp.get_data(as_text=True)[:1000]
+    assert_status_as_predicted(resp, body, verdict, success=201)
 
     if resp.status_code >= 400:
         assert_nothing_stored(client, job_id, agent)
@@ -508,15 +516,7 @@ def test_resolve_never_fails_and_decides_exactly_or_not_at_all(client, agent, fo
     resp = post_json(client, f"/api/escalations/{escalation['id']}/resolve", body, founder())
     event(f"{verdict} -> {resp.status_code}")
 
-    assert_not_5xx(resp)
-    if size(body) > MAX_BODY:
-        assert resp.status_code == 413
-    elif verdict == OK:
-        assert resp.status_code == 200, resp.get_data(as_text=True)[:1000]
-    elif verdict == INVALID:
-        assert resp.status_code in ((400,) if not isinstance(body, dict) else (422,)), resp.get_data(as_text=True)
-    else:
-        assert resp.status_code in (200, 422), resp.get_data(as_text=True)[:1000]
+    assert_status_as_predicted(resp, body, verdict, success=200)
 
     if resp.status_code >= 400:
         assert_still_pending(client, escalation, agent)
@@ -659,17 +659,7 @@ def test_posted_events_round_trip_exactly_or_are_not_stored(client, agent, ids, 
     resp = post_json(client, f"/api/jobs/{job_id}/events", body, agent)
     event(f"{verdict} -> {resp.status_code}")
 
-    assert_not_5xx(resp)
-    if size(body) > MAX_BODY:
-        assert resp.status_code == 413
-    elif not isinstance(body, dict):
-        assert resp.status_code == 400
-    elif verdict == OK:
-        assert resp.status_code == 201, resp.get_data(as_text=True)[:1000]
-    elif verdict == INVALID:
-        assert resp.status_code == 422, resp.get_data(as_text=True)[:1000]
-    else:
-        assert resp.status_code in (201, 422), resp.get_data(as_text=True)[:1000]
+    assert_status_as_predicted(resp, body, verdict, success=201)
 
     if resp.status_code >= 400:
         assert job_events(client, job_id, agent) == []
