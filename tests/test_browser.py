@@ -151,6 +151,9 @@ class Console:
         page.get_by_label("Access token").fill(self.founder_token())
         page.get_by_role("button", name="Sign in").click()
         expect(page).to_have_url(self.base_url + "/")
+        # The URL changes when the inbox starts to arrive; htmx (a deferred script) takes over
+        # the forms only by the load event. A click before that posts the plain form instead.
+        page.wait_for_load_state("load")
 
 
 @pytest.fixture
