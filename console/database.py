@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from flask import Flask
-from sqlalchemy import event
+from sqlalchemy import Executable, Row, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session
@@ -86,3 +86,16 @@ def write_transaction() -> Iterator[Session]:
     except BaseException:
         session.rollback()
         raise
+
+
+def read_rows(statement: Executable, params: Mapping[str, Any] | None = None) -> list[Row]:
+    """The rows of a read-only statement. Inside a write transaction it runs on that
+    transaction's connection (a write sees its own changes, and a request never holds two
+    connections at once); otherwise on a connection borrowed from the pool for this one
+    statement, without a Session: on the hot reads the Session's bookkeeping cost more
+    than the query (bench/README.md, "Performance work")."""
+    sessions = db.session.registry  # look without creating the request's Session
+    if sessions.has() and sessions().in_transaction():
+        return list(sessions().execute(statement, params))
+    with db.engine.connect() as connection:
+        return list(connection.execute(statement, params))

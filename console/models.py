@@ -46,6 +46,11 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(dt.UTC)
 
 
+def escalation_option(escalation: Any, value: str | None) -> dict[str, Any] | None:
+    """The option of an escalation (a model instance or a row of its table) with this value."""
+    return next((o for o in escalation.options or [] if o.get("value") == value), None)
+
+
 class AgentEscalation(db.Model):
     """One question an agent asked its founder (SPEC §2)."""
 
@@ -95,7 +100,7 @@ class AgentEscalation(db.Model):
         super().__init__(**kwargs)
 
     def option(self, value: str | None) -> dict[str, Any] | None:
-        return next((o for o in self.options or [] if o.get("value") == value), None)
+        return escalation_option(self, value)
 
     def __repr__(self) -> str:
         return f"<AgentEscalation {self.id} {self.status} job={self.job_id}>"

@@ -31,8 +31,8 @@ from sqlalchemy import func, select
 from .auth import Principal
 from .events import NOTIFY_CHANNEL, list_events, on_events_committed
 from .extensions import db
-from .models import PENDING, AgentEscalation, Job, JobEvent
-from .services.escalations import get_escalation
+from .models import PENDING, Job, JobEvent
+from .services.escalations import Escalation, get_escalation
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ class EventHub:
         self._feed_lock = threading.Lock()
         self._feed_pid: int | None = None
         self._listening = threading.Event()
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Stop the feed thread (before the app's database goes away); waiters fall back to
+        their periodic re-checks. For tests and embedders: a worker process simply exits."""
+        self._stopped.set()
 
     # -- what waiters use
     @contextmanager
@@ -105,7 +111,7 @@ class EventHub:
 
     def _ensure_feed(self) -> None:
         """Start this process's feed thread on first use (after any fork)."""
-        if self._feed_pid == os.getpid():
+        if self._feed_pid == os.getpid() or self._stopped.is_set():
             return
         with self._feed_lock:
             if self._feed_pid == os.getpid():
@@ -122,6 +128,8 @@ class EventHub:
     def _should_stop(self, idle_since: float | None) -> tuple[bool, float | None]:
         """A feed with nobody watching for FEED_IDLE_SECONDS stops (and lets its connection
         go); the next watch starts a new one, which catches up from the log."""
+        if self._stopped.is_set():
+            return True, None
         if self.watching:
             return False, None
         now = time.monotonic()
@@ -176,7 +184,7 @@ class EventHub:
             stop, idle_since = self._should_stop(idle_since)
             if stop:
                 return
-            time.sleep(interval)
+            self._stopped.wait(interval)
 
     def _listen_loop(self) -> None:
         with self.app.app_context():
@@ -201,12 +209,14 @@ class EventHub:
                             return
                         conn.execute("SELECT 1")  # notice a dead connection within seconds
             except Exception as error:
+                if self._stopped.is_set():
+                    return
                 log.warning("event LISTEN connection lost (%s); reconnecting in %.1f s", error, backoff)
                 self._listening.set()  # waiters fall back to their periodic re-checks
                 stop, idle_since = self._should_stop(idle_since)
                 if stop:
                     return
-                time.sleep(backoff)
+                self._stopped.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
 
@@ -230,7 +240,7 @@ on_events_committed(_publish_to_current_app)
 
 # --- the long-poll -----------------------------------------------------------------------------
 
-def wait_until_settled(escalation_id: str, principal: Principal, wait_seconds: float) -> AgentEscalation:
+def wait_until_settled(escalation_id: str, principal: Principal, wait_seconds: float) -> Escalation:
     """The escalation once it is resolved or skipped, or as it is after wait_seconds."""
     escalation = get_escalation(escalation_id, principal)
     if escalation.status != PENDING:

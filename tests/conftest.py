@@ -143,20 +143,19 @@ def make_app(database_url: str, **config):
 
 @pytest.fixture(scope="session")
 def app(database_url):
-    from console.extensions import db
-
     app = make_app(database_url)
     yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    dispose(app)
 
 
 def dispose(app) -> None:
-    """Close the app's pooled connections (an open connection left to the garbage collector warns)."""
+    """Stop the app's event feed and close its pooled connections (an open connection left
+    to the garbage collector warns; a feed left running reconnects to a dropped database)."""
     from console.extensions import db
+    from console.realtime import current_hub
 
     with app.app_context():
+        current_hub().stop()
         db.session.remove()
         db.engine.dispose()
 

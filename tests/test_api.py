@@ -265,6 +265,29 @@ def test_skip_then_skip_again_is_200_with_one_event_and_resolve_after_is_409(cli
                         headers=founder()), 409)
 
 
+def test_every_escalation_request_runs_on_a_pool_of_one_connection(configured_app, database_url, agent, founder,
+                                                                     escalation_body, ids):
+    """Reads borrow a connection per statement, writes hold one for their transaction, and a
+    read inside a write (the 409 path) runs on the write's connection: never two at once,
+    which on a one-connection pool would time out as 503."""
+    from console.config import engine_options
+
+    app = configured_app(SQLALCHEMY_ENGINE_OPTIONS={**engine_options(database_url), "pool_size": 1,
+                                                     "max_overflow": 0, "pool_timeout": 1})
+    client = app.test_client()
+    created = client.post(f"/api/jobs/{ids.job_id}/escalations", json=escalation_body(), headers=agent)
+    assert created.status_code == 201, created.get_data(as_text=True)
+    url = f"/api/escalations/{created.get_json()['id']}"
+    assert client.get(url, headers=founder()).status_code == 200
+    assert client.get(f"/api/jobs/{ids.job_id}/escalations", headers=founder()).status_code == 200
+    assert client.get("/api/escalations", headers=founder()).status_code == 200
+    assert client.post(url + "/resolve", json={"decision": "skip_feature"}, headers=founder()).status_code == 200
+    assert client.post(url + "/resolve", json={"decision": "skip_feature"}, headers=founder()).status_code == 200
+    problem(client.post(url + "/resolve", json={"decision": "simpler_version"}, headers=founder()), 409)
+    problem(client.post(url + "/skip", headers=agent), 409)
+    assert client.get(f"/api/jobs/{ids.job_id}/events", headers=agent).status_code == 200
+
+
 # --- events ---------------------------------------------------------------------------------------
 
 def test_agent_events_round_trip_in_id_order(client, agent, founder, ids):

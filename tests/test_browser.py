@@ -27,7 +27,7 @@ if not Path(CHROMIUM).exists():
 
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright  # noqa: E402
 
-from conftest import AGENT_TOKEN, DEFAULT_OPTIONS, ThreadedServer, make_app, migrate, mint_jwt  # noqa: E402
+from conftest import AGENT_TOKEN, DEFAULT_OPTIONS, ThreadedServer, dispose, make_app, migrate, mint_jwt  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -44,17 +44,13 @@ expect.set_options(timeout=WAIT_MS)
 @pytest.fixture(scope="module")
 def sqlite_server(tmp_path_factory):
     """The app on a fresh SQLite file, served by werkzeug in a thread."""
-    from console.extensions import db
-
     url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'browser.db'}"
     migrate(url)
     app = make_app(url)
     with ThreadedServer(app) as server:
         yield server
     server.server.server_close()
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    dispose(app)
 
 
 @pytest.fixture(scope="module")

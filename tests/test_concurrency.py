@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import make_app
+from conftest import dispose, make_app
 from console.auth import AGENT
 from console.extensions import db
 from console.models import JobEvent
@@ -40,8 +40,7 @@ def race_app(database_url):
     options = {} if database_url.startswith("sqlite") else {"pool_size": 25, "max_overflow": 0, "pool_timeout": 30}
     app = make_app(database_url, **({"SQLALCHEMY_ENGINE_OPTIONS": options} if options else {}))
     yield app
-    with app.app_context():
-        db.engine.dispose()
+    dispose(app)
 
 
 def create_body(ids, **fields):

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from conftest import AGENT_TOKEN, ThreadedServer, free_port, make_app, migrate, mint_jwt
+from conftest import AGENT_TOKEN, ThreadedServer, dispose, free_port, make_app, migrate, mint_jwt
 
 pytestmark = pytest.mark.slow
 
@@ -93,10 +93,7 @@ def outage(postgres):
     app = make_app(proxied)
     with ThreadedServer(app) as server:
         yield server, proxy
-    from console.extensions import db
-
-    with app.app_context():
-        db.engine.dispose()
+    dispose(app)
     postgres.drop(url)
 
 

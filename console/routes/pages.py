@@ -16,6 +16,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..live import console_frame, describe_event, latest_event_id, time_ago
+from ..models import escalation_option
 from ..realtime import founder_event_stream, job_event_stream
 from ..routes.stream import resume_point, sse_response
 from ..schemas import ResolveRequest, parse
@@ -204,3 +205,4 @@ def job_live(job_id: str) -> Response:
 
 bp.add_app_template_filter(time_ago, "time_ago")
 bp.add_app_template_filter(describe_event, "describe_event")
+bp.add_app_template_global(escalation_option, "escalation_option")

@@ -3,34 +3,45 @@ JSON API and the console are two thin faces of these functions.
 
 A service never reads the request: callers pass who is acting (a Principal or a founder
 id) and validated input.
+
+Services hand out an escalation as an `Escalation`: a read-only row of `agent_escalations`
+whose attributes are those of the `AgentEscalation` model. Every read and every write is
+one Core statement (a write with RETURNING), so no ORM instance is ever loaded: the
+identity map and instance state cost more than the query itself on the hot reads
+(`bench/README.md`, "Performance work"), and nothing outside this module changes an
+escalation anyway.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import datetime as dt
+import functools
 import json
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy import Row, Select, bindparam, func, select, text, tuple_, update
 
 from ..auth import AGENT, Principal
-from ..database import write_transaction
+from ..database import read_rows, write_transaction
 from ..errors import Conflict, FieldError, NotFound, ValidationFailed
 from ..events import SSEEventType, record_event
 from ..extensions import db
-from ..models import PENDING, RESOLVED, SKIPPED, AgentEscalation, utcnow
+from ..models import PENDING, RESOLVED, SKIPPED, AgentEscalation, escalation_option, utcnow
 from ..schemas import EscalationCreate
 from ..signatures import error_signature
 from .jobs import check_job_id, claim_job, dialect_insert, possible_job_id
 
 PROVIDE_GUIDANCE = "provide_guidance"  # the conventional option whose answer is the guidance itself
 
+ESCALATIONS = AgentEscalation.__table__
+Escalation = Row  # one agent_escalations row, as services return it (see the module's doc)
+
 
 # --- create ----------------------------------------------------------------------------------
 
-def create_escalation(job_id: str, data: EscalationCreate) -> tuple[AgentEscalation, bool]:
+def create_escalation(job_id: str, data: EscalationCreate) -> tuple[Escalation, bool]:
     """Open an escalation, or count another occurrence of the pending one with the same
     job and error signature. Returns (escalation, created). Race-safe: concurrent identical
     creates collapse into one row by the partial unique index."""
@@ -41,7 +52,7 @@ def create_escalation(job_id: str, data: EscalationCreate) -> tuple[AgentEscalat
     now = utcnow()
     new_id = uuid.uuid4()
     upsert = (
-        dialect_insert(AgentEscalation)
+        dialect_insert(ESCALATIONS)
         .values(
             id=new_id, session_id=data.session_id, job_id=job_id, project_id=data.project_id,
             founder_id=data.founder_id, error_type=data.error_type, error_signature=signature,
@@ -53,13 +64,13 @@ def create_escalation(job_id: str, data: EscalationCreate) -> tuple[AgentEscalat
         .on_conflict_do_update(
             index_elements=["job_id", "error_signature"],
             index_where=text("status = 'pending'"),
-            set_={"occurrences": AgentEscalation.occurrences + 1, "last_seen_at": now},
+            set_={"occurrences": ESCALATIONS.c.occurrences + 1, "last_seen_at": now},
         )
-        .returning(AgentEscalation)
+        .returning(*ESCALATIONS.c)
     )
     with write_transaction():
         claim_job(job_id, data.founder_id, data.project_id)
-        escalation = db.session.scalars(upsert, execution_options={"populate_existing": True}).one()
+        escalation = db.session.execute(upsert).one()
         created = escalation.id == new_id
         if created:
             record_event(job_id, escalation.founder_id, SSEEventType.AGENT_WAITING_FOR_INPUT, {
@@ -82,18 +93,22 @@ def _parse_id(escalation_id: str | uuid.UUID) -> uuid.UUID | None:
         return None
 
 
-def find_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> AgentEscalation | None:
+_BY_ID = select(ESCALATIONS).where(ESCALATIONS.c.id == bindparam("id"))
+
+
+def find_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> Escalation | None:
     """The escalation if it exists and the caller may see it (agents: any; founders: their own)."""
     parsed = _parse_id(escalation_id)
     if parsed is None:
         return None
-    escalation = db.session.get(AgentEscalation, parsed, populate_existing=True)
+    rows = read_rows(_BY_ID, {"id": parsed})
+    escalation = rows[0] if rows else None
     if escalation is None or (not principal.is_agent and escalation.founder_id != principal.founder_id):
         return None
     return escalation
 
 
-def get_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> AgentEscalation:
+def get_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> Escalation:
     """Like find_escalation, but NotFound; a foreign record answers exactly like a missing one."""
     escalation = find_escalation(escalation_id, principal)
     if escalation is None:
@@ -101,20 +116,26 @@ def get_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> Agen
     return escalation
 
 
-def list_job_escalations(job_id: str, principal: Principal, status: str | None = None) -> list[AgentEscalation]:
+@functools.cache
+def _job_escalations_query(of_founder: bool, with_status: bool) -> Select:
+    """Built once per shape (a hot path): bound by job_id [, founder_id] [, status]."""
+    query = select(ESCALATIONS).where(ESCALATIONS.c.job_id == bindparam("job_id"))
+    if of_founder:
+        query = query.where(ESCALATIONS.c.founder_id == bindparam("founder_id"))
+    if with_status:
+        query = query.where(ESCALATIONS.c.status == bindparam("status"))
+    return query.order_by(ESCALATIONS.c.created_at.desc(), ESCALATIONS.c.id.desc())
+
+
+def list_job_escalations(job_id: str, principal: Principal, status: str | None = None) -> list[Escalation]:
     """A job's escalations, newest first ([] for an unknown or foreign job)."""
     if not possible_job_id(job_id):
         return []
-    query = select(AgentEscalation).where(AgentEscalation.job_id == job_id)
-    if not principal.is_agent:
-        query = query.where(AgentEscalation.founder_id == principal.founder_id)
-    if status:
-        query = query.where(AgentEscalation.status == status)
-    query = query.order_by(AgentEscalation.created_at.desc(), AgentEscalation.id.desc())
-    return list(db.session.scalars(query))
+    query = _job_escalations_query(not principal.is_agent, bool(status))
+    return read_rows(query, {"job_id": job_id, "founder_id": principal.founder_id, "status": status})
 
 
-def encode_cursor(escalation: AgentEscalation) -> str:
+def encode_cursor(escalation: Escalation) -> str:
     raw = json.dumps([escalation.created_at.isoformat(), escalation.id.hex], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
@@ -136,53 +157,56 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
 
 def list_founder_escalations(founder_id: str, *, status: str | None = None, project_id: str | None = None,
                              job_id: str | None = None, limit: int = 50,
-                             cursor: str | None = None) -> tuple[list[AgentEscalation], str | None]:
+                             cursor: str | None = None) -> tuple[list[Escalation], str | None]:
     """The founder's escalations across jobs, newest first, a page at a time (keyset)."""
-    query = select(AgentEscalation).where(AgentEscalation.founder_id == founder_id)
+    columns = ESCALATIONS.c
+    query = select(ESCALATIONS).where(columns.founder_id == founder_id)
     if status:
-        query = query.where(AgentEscalation.status == status)
+        query = query.where(columns.status == status)
     if project_id:
-        query = query.where(AgentEscalation.project_id == project_id)
+        query = query.where(columns.project_id == project_id)
     if job_id:
-        query = query.where(AgentEscalation.job_id == job_id)
+        query = query.where(columns.job_id == job_id)
     if cursor:
         created_at, escalation_id = decode_cursor(cursor)
-        query = query.where(tuple_(AgentEscalation.created_at, AgentEscalation.id) < tuple_(created_at, escalation_id))
-    query = query.order_by(AgentEscalation.created_at.desc(), AgentEscalation.id.desc()).limit(limit + 1)
-    rows = list(db.session.scalars(query))
+        query = query.where(tuple_(columns.created_at, columns.id) < tuple_(created_at, escalation_id))
+    query = query.order_by(columns.created_at.desc(), columns.id.desc()).limit(limit + 1)
+    rows = read_rows(query)
     if len(rows) > limit:
         return rows[:limit], encode_cursor(rows[limit - 1])
     return rows, None
 
 
-def recently_decided(founder_id: str, limit: int) -> list[AgentEscalation]:
+def recently_decided(founder_id: str, limit: int) -> list[Escalation]:
     """The founder's resolved and skipped escalations, most recently decided first."""
-    query = (select(AgentEscalation)
-             .where(AgentEscalation.founder_id == founder_id, AgentEscalation.status.in_([RESOLVED, SKIPPED]))
-             .order_by(AgentEscalation.resolved_at.desc(), AgentEscalation.id.desc()).limit(limit))
-    return list(db.session.scalars(query))
+    columns = ESCALATIONS.c
+    query = (select(ESCALATIONS)
+             .where(columns.founder_id == founder_id, columns.status.in_([RESOLVED, SKIPPED]))
+             .order_by(columns.resolved_at.desc(), columns.id.desc()).limit(limit))
+    return read_rows(query)
 
 
 def count_pending(founder_id: str, job_id: str | None = None) -> int:
-    query = select(func.count()).select_from(AgentEscalation).where(
-        AgentEscalation.founder_id == founder_id, AgentEscalation.status == PENDING)
+    columns = ESCALATIONS.c
+    query = select(func.count()).select_from(ESCALATIONS).where(
+        columns.founder_id == founder_id, columns.status == PENDING)
     if job_id is not None:
-        query = query.where(AgentEscalation.job_id == job_id)
-    return db.session.scalar(query) or 0
+        query = query.where(columns.job_id == job_id)
+    return read_rows(query)[0][0]
 
 
 # --- resolve and skip ------------------------------------------------------------------------
 
-def guidance_required(escalation: AgentEscalation, decision: str | None) -> bool:
-    option = escalation.option(decision)
+def guidance_required(escalation: Escalation, decision: str | None) -> bool:
+    option = escalation_option(escalation, decision)
     return decision == PROVIDE_GUIDANCE or bool(option and option.get("requires_guidance"))
 
 
-def _check_decision(escalation: AgentEscalation, decision: str, guidance: str | None) -> None:
+def _check_decision(escalation: Escalation, decision: str, guidance: str | None) -> None:
     errors = []
     if not decision:
         errors.append(FieldError("decision", "Choose one of the options."))
-    elif escalation.options and escalation.option(decision) is None:
+    elif escalation.options and escalation_option(escalation, decision) is None:
         allowed = ", ".join(o["value"] for o in escalation.options)
         errors.append(FieldError("decision", f"{decision!r} is not one of this escalation's options ({allowed})."))
     if decision and guidance is None and guidance_required(escalation, decision):
@@ -191,15 +215,15 @@ def _check_decision(escalation: AgentEscalation, decision: str, guidance: str | 
         raise ValidationFailed(errors)
 
 
-def _describe_settled(escalation: AgentEscalation) -> str:
+def _describe_settled(escalation: Escalation) -> str:
     if escalation.status == SKIPPED:
         return "The agent withdrew this question, so there is nothing left to decide."
-    option = escalation.option(escalation.founder_decision)
+    option = escalation_option(escalation, escalation.founder_decision)
     chosen = option["label"] if option else escalation.founder_decision
     return f"This was already decided (“{chosen}”), perhaps in another tab. A decision cannot be changed."
 
 
-def _already_settled(escalation: AgentEscalation, decision: str, guidance: str | None) -> AgentEscalation:
+def _already_settled(escalation: Escalation, decision: str, guidance: str | None) -> Escalation:
     """A retry of the very same decision is a success; anything else is a conflict."""
     if (escalation.status == RESOLVED and escalation.founder_decision == decision
             and escalation.founder_guidance == guidance):
@@ -208,7 +232,7 @@ def _already_settled(escalation: AgentEscalation, decision: str, guidance: str |
 
 
 def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision: str | None,
-                       guidance: str | None) -> AgentEscalation:
+                       guidance: str | None) -> Escalation:
     """The founder's decision. Only the owner may decide (others get NotFound); the
     decision must be one of the options; guidance is stripped (blank → None) and required
     for `provide_guidance` and options that say so. The first decision wins: it is one
@@ -222,13 +246,11 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
     with write_transaction():
         # Decide first, check second: the check needs the options, and the row is ours
         # (locked) once the UPDATE matched; an invalid decision rolls it back.
-        won = db.session.scalars(
-            update(AgentEscalation)
-            .where(AgentEscalation.id == parsed, AgentEscalation.founder_id == founder_id,
-                   AgentEscalation.status == PENDING)
+        won = db.session.execute(
+            update(ESCALATIONS)
+            .where(ESCALATIONS.c.id == parsed, ESCALATIONS.c.founder_id == founder_id, ESCALATIONS.c.status == PENDING)
             .values(status=RESOLVED, founder_decision=decision, founder_guidance=guidance, resolved_at=utcnow())
-            .returning(AgentEscalation),
-            execution_options={"populate_existing": True, "synchronize_session": False},
+            .returning(*ESCALATIONS.c)
         ).one_or_none()
         if won is not None:
             _check_decision(won, decision, guidance)
@@ -240,19 +262,18 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
     return _already_settled(current, decision, guidance)
 
 
-def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None) -> AgentEscalation:
+def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None) -> Escalation:
     """The agent withdraws its question. Skipping twice is fine; a decided one is a conflict."""
     parsed = _parse_id(escalation_id)
     if parsed is None:
         raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     reason = (reason or "").strip() or None
     with write_transaction():
-        won = db.session.scalars(
-            update(AgentEscalation)
-            .where(AgentEscalation.id == parsed, AgentEscalation.status == PENDING)
+        won = db.session.execute(
+            update(ESCALATIONS)
+            .where(ESCALATIONS.c.id == parsed, ESCALATIONS.c.status == PENDING)
             .values(status=SKIPPED, resolved_at=utcnow())
-            .returning(AgentEscalation),
-            execution_options={"populate_existing": True, "synchronize_session": False},
+            .returning(*ESCALATIONS.c)
         ).one_or_none()
         if won is not None:
             record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED,
@@ -266,13 +287,13 @@ def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None) -
     raise Conflict(_describe_settled(current), current)
 
 
-def _resolution_payload(escalation: AgentEscalation) -> dict[str, Any]:
+def _resolution_payload(escalation: Escalation) -> dict[str, Any]:
     return {
         "escalation_id": str(escalation.id),
         "project_id": escalation.project_id,
         "status": escalation.status,
         "resolution": escalation.founder_decision if escalation.status == RESOLVED else None,
-        "resolution_label": (escalation.option(escalation.founder_decision) or {}).get("label")
+        "resolution_label": (escalation_option(escalation, escalation.founder_decision) or {}).get("label")
         if escalation.status == RESOLVED else None,
         "guidance": escalation.founder_guidance,
         "resolved_at": escalation.resolved_at.isoformat() if escalation.resolved_at else None,
