@@ -126,6 +126,7 @@ def test_database_outage_answers_503_and_the_app_recovers_by_itself(outage, ids)
             proxy.down()
     for t in threads:
         t.join(30)
+    assert not any(t.is_alive() for t in threads), "a resolve hung through the outage"
 
     status, body, headers, elapsed = call(server.url, "GET", "/api/escalations", token=founder)
     assert status == 503 and body["status"] == 503 and body["detail"] and elapsed < 10
@@ -143,7 +144,9 @@ def test_database_outage_answers_503_and_the_app_recovers_by_itself(outage, ids)
     events = call(server.url, "GET", f"/api/jobs/{ids.job_id}/events?limit=500")[1]["items"]
     resolved_events = {e["escalation_id"] for e in events if e["type"] == "agent.escalation_resolved"}
     for esc in escalations:
-        stored = call(server.url, "GET", f"/api/escalations/{esc['id']}")[1]
-        assert (stored["status"] == "resolved") == (esc["id"] in resolved_events), stored
+        status, stored, _, _ = call(server.url, "GET", f"/api/escalations/{esc['id']}")
+        assert status == 200, stored
+        seen = f"resolve answered {results.get(esc['id'])}, stored {stored['status']}"
+        assert (stored["status"] == "resolved") == (esc["id"] in resolved_events), seen
         if results.get(esc["id"]) == 200:
-            assert stored["status"] == "resolved"
+            assert stored["status"] == "resolved", seen
