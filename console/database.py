@@ -93,7 +93,7 @@ def read_rows(statement: Executable, params: Mapping[str, Any] | None = None) ->
     transaction's connection (a write sees its own changes, and a request never holds two
     connections at once); otherwise on a connection borrowed from the pool for this one
     statement, without a Session: on the hot reads the Session's bookkeeping cost more
-    than the query (bench/README.md, "Performance work")."""
+    than the query (bench/README.md, "What closed the gap")."""
     sessions = db.session.registry  # look without creating the request's Session
     if sessions.has() and sessions().in_transaction():
         return list(sessions().execute(statement, params))

@@ -8,7 +8,7 @@ Services hand out an escalation as an `Escalation`: a read-only row of `agent_es
 whose attributes are those of the `AgentEscalation` model. Every read and every write is
 one Core statement (a write with RETURNING), so no ORM instance is ever loaded: the
 identity map and instance state cost more than the query itself on the hot reads
-(`bench/README.md`, "Performance work"), and nothing outside this module changes an
+(`bench/README.md`, "What closed the gap"), and nothing outside this module changes an
 escalation anyway.
 """
 from __future__ import annotations
