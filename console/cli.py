@@ -11,13 +11,13 @@ def register(app: Flask) -> None:
     @app.cli.command("login-link")
     @click.argument("founder_id")
     def login_link(founder_id: str) -> None:
-        """Print a short-lived one-click sign-in link for FOUNDER_ID."""
+        """Print a short-lived, single-use sign-in link for FOUNDER_ID."""
         from .routes.pages import make_login_link  # noqa: PLC0415
 
         with app.test_request_context():
             link = make_login_link(founder_id)
         minutes = app.config["LOGIN_LINK_MAX_AGE"] // 60
-        click.echo(f"Sign-in link for {founder_id} (valid {minutes} minutes):\n{link}")
+        click.echo(f"Sign-in link for {founder_id} (valid once, for {minutes} minutes):\n{link}")
 
     @app.cli.command("agent-token")
     def agent_token() -> None:

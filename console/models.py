@@ -142,3 +142,14 @@ class JobEvent(db.Model):
             "job_id": self.job_id,
             "timestamp": self.created_at.isoformat(),
         }
+
+
+class SpentLoginLink(db.Model):
+    """A login link that has signed someone in. Links are single-use: the nonce of a link
+    is stored when it is spent, and a second use finds it here (SPEC §4)."""
+
+    __tablename__ = "spent_login_links"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    founder_id: Mapped[str] = mapped_column(String(255))
+    spent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

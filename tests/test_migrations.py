@@ -27,13 +27,18 @@ def tables(url: str) -> set[str]:
     return names - {"alembic_version"}
 
 
+ALL_TABLES = {"agent_escalations", "jobs", "job_events", "spent_login_links"}
+
+
 def test_upgrade_downgrade_upgrade_round_trip(scratch_url):
     migrate(scratch_url)
-    assert tables(scratch_url) == {"agent_escalations", "jobs", "job_events"}
+    assert tables(scratch_url) == ALL_TABLES
+    migrate(scratch_url, "-1", "downgrade")
+    assert tables(scratch_url) == ALL_TABLES - {"spent_login_links"}
     migrate(scratch_url, "base", "downgrade")
     assert tables(scratch_url) == set()
     migrate(scratch_url)
-    assert tables(scratch_url) == {"agent_escalations", "jobs", "job_events"}
+    assert tables(scratch_url) == ALL_TABLES
 
 
 def test_models_and_migrations_do_not_drift(scratch_url):

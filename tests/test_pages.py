@@ -1,8 +1,11 @@
 """The console (SPEC §4 console auth, §7) through Flask's test client: every page and every
 status path of the resolve post, with and without htmx."""
 import re
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
 
 import pytest
 
@@ -104,6 +107,46 @@ def test_login_link_needs_one_click_and_signs_in(app, ids, make_escalation):
     assert esc["id"] in browser.get("/").get_data(as_text=True)
     tampered = app.test_client()
     assert tampered.get("/" + path[:-3] + "abc").status_code == 400
+
+
+def _link_form(app, founder_id):
+    """A fresh login link's confirming form, as a new browser sees it: (client, form)."""
+    from console.routes.pages import make_login_link
+
+    with app.test_request_context():
+        link = make_login_link(founder_id)
+    browser = app.test_client()
+    html = browser.get("/" + link.split("://", 1)[1].split("/", 1)[1]).get_data(as_text=True)
+    return browser, {"csrf_token": CSRF.search(html).group(1),
+                     "t": re.search(r'name="t" value="([^"]+)"', html).group(1)}
+
+
+def test_a_login_link_signs_in_once(app, ids):
+    browser, form = _link_form(app, ids.founder_id)
+    assert browser.post("/login/link", data=form).status_code == 303
+
+    thief = app.test_client()  # whoever finds the link later (a forwarded mail, a log line)
+    page = thief.get("/login/link?" + urlencode({"t": form["t"]}))
+    assert page.status_code == 400 and "used already" in page.get_data(as_text=True)
+    csrf = CSRF.search(thief.get("/login").get_data(as_text=True)).group(1)
+    assert thief.post("/login/link", data={"csrf_token": csrf, "t": form["t"]}).status_code == 400
+    assert thief.get("/").status_code == 303  # no session
+    assert browser.get("/").status_code == 200  # the first click's session stands
+
+
+def test_concurrent_clicks_on_one_login_link_sign_in_once(app, ids):
+    _, form = _link_form(app, ids.founder_id)
+    browsers = [_link_form(app, ids.founder_id) for _ in range(8)]  # each with a session and its CSRF token
+    barrier = threading.Barrier(len(browsers))
+
+    def click(browser_and_form):
+        browser, own = browser_and_form
+        barrier.wait()
+        return browser.post("/login/link", data={"csrf_token": own["csrf_token"], "t": form["t"]}).status_code
+
+    with ThreadPoolExecutor(len(browsers)) as pool:
+        statuses = sorted(pool.map(click, browsers))
+    assert statuses == [303] + [400] * (len(browsers) - 1)
 
 
 # --- pages -------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from typing import Callable
 from flask import (
     Blueprint, Response, current_app, redirect, render_template, request, stream_with_context, url_for,
 )
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
@@ -22,6 +21,7 @@ from ..routes.stream import resume_point, sse_response
 from ..schemas import ResolveRequest, parse
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
+from ..services import login_links
 
 bp = Blueprint("pages", __name__)
 
@@ -73,39 +73,31 @@ def login_submit():
     return redirect(_safe_next(request.form.get("next")), 303)
 
 
-def _login_links() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="console-login-link")
-
-
 def make_login_link(founder_id: str) -> str:
-    """A short-lived link that signs the founder in (after one confirming click)."""
-    token = _login_links().dumps({"founder_id": founder_id})
+    """A short-lived, single-use link that signs the founder in (after one confirming click)."""
+    token = login_links.new_login_token(founder_id)
     return current_app.config["BASE_URL"].rstrip("/") + url_for("pages.login_link", t=token)
 
 
-def _founder_from_link(token: str) -> str | None:
-    try:
-        data = _login_links().loads(token, max_age=current_app.config["LOGIN_LINK_MAX_AGE"])
-    except (SignatureExpired, BadSignature):
-        return None
-    return data.get("founder_id") if isinstance(data, dict) else None
+def _link_refused():
+    return render_template("login.html", error="This sign-in link has expired, has been used already, or is not "
+                                               "valid. Ask for a new one, or paste a token below."), 400
 
 
 @bp.get("/login/link")
 def login_link():
     # A page with one button, not a sign-in: link previewers (chat apps, mail scanners) GET links.
     token = request.args.get("t", "")
-    if _founder_from_link(token) is None:
-        return render_template("login.html", error="This sign-in link has expired or is not valid. "
-                                                   "Ask for a new one, or paste a token below."), 400
+    if login_links.link_founder(token) is None:
+        return _link_refused()
     return render_template("login_link.html", token=token)
 
 
 @bp.post("/login/link")
 def login_link_submit():
-    founder_id = _founder_from_link(request.form.get("t", ""))
+    founder_id = login_links.spend_login_link(request.form.get("t", ""))
     if founder_id is None:
-        return render_template("login.html", error="This sign-in link has expired or is not valid."), 400
+        return _link_refused()
     start_console_session(founder_id)
     return redirect(url_for("pages.inbox"), 303)
 
