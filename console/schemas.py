@@ -12,8 +12,8 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, TypeAdapter, Field, PlainSerializer, StrictBool, StringConstraints, ValidationError,
-    field_validator, model_validator,
+    AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, StringConstraints, TypeAdapter,
+    ValidationError, field_validator, model_validator,
 )
 
 from .config import MAX_EVENT_PAYLOAD_BYTES
@@ -282,11 +282,13 @@ def escalation_json_bytes(escalation) -> bytes:
     return EscalationResponse.model_validate(escalation).model_dump_json().encode()
 
 
+def _escalation_list(escalations) -> list[EscalationResponse]:
+    return _ESCALATION_LIST.validate_python(list(escalations), from_attributes=True)
+
+
 def escalation_list_json_bytes(escalations) -> bytes:
-    return _ESCALATION_LIST.dump_json(_ESCALATION_LIST.validate_python(list(escalations), from_attributes=True))
+    return _ESCALATION_LIST.dump_json(_escalation_list(escalations))
 
 
 def escalation_page_json_bytes(escalations, next_cursor: str | None) -> bytes:
-    page = EscalationPage(items=_ESCALATION_LIST.validate_python(list(escalations), from_attributes=True),
-                          next_cursor=next_cursor)
-    return page.model_dump_json().encode()
+    return EscalationPage(items=_escalation_list(escalations), next_cursor=next_cursor).model_dump_json().encode()

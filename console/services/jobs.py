@@ -32,11 +32,15 @@ def _known_owners() -> dict[str, str]:
     return current_app.extensions.setdefault("console_known_job_owners", {})
 
 
-def _remember_owner(job_id: str, founder_id: str) -> None:
-    owners = _known_owners()
-    if len(owners) >= _KNOWN_OWNERS_MAX:
-        owners.clear()
-    owners[job_id] = founder_id
+def _read_owner(job_id: str) -> str | None:
+    """The stored founder of a job (None for an unknown job), remembered once read."""
+    owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one_or_none()
+    if owner is not None:
+        owners = _known_owners()
+        if len(owners) >= _KNOWN_OWNERS_MAX:
+            owners.clear()
+        owners[job_id] = owner
+    return owner
 
 
 MAX_JOB_ID = 255
@@ -66,8 +70,7 @@ def claim_job(job_id: str, founder_id: str, project_id: str | None) -> None:
         ).scalar_one_or_none()
         if inserted is not None:
             return  # ours now (remembered once another request reads it back committed)
-        owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one()
-        _remember_owner(job_id, owner)
+        owner = _read_owner(job_id)  # another founder's, or ours from a concurrent first claim
     if owner != founder_id:
         raise Conflict(f"Job {job_id!r} belongs to another founder; a job has exactly one founder.")
 
@@ -77,11 +80,7 @@ def job_visible_to(job_id: str, principal: Principal) -> bool:
     agents too: the stream of an unknown job is 404, SPEC §6)."""
     if not possible_job_id(job_id):
         return False
-    owner = _known_owners().get(job_id)
-    if owner is None:
-        owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one_or_none()
-        if owner is not None:
-            _remember_owner(job_id, owner)
+    owner = _known_owners().get(job_id) or _read_owner(job_id)
     return owner is not None and (principal.is_agent or owner == principal.founder_id)
 
 
