@@ -15,7 +15,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     os.makedirs(app.instance_path, exist_ok=True)
 
-    from . import cli, realtime
+    from . import cli, hub
     from .config import configure
     from .database import configure_engine
     from .errors import register_error_handlers
@@ -29,7 +29,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
     csrf.init_app(app)
     configure_engine(app)
-    realtime.init_app(app)
+    hub.init_app(app)
 
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)

@@ -12,20 +12,19 @@ from flask import render_template
 from sqlalchemy import func, select
 
 from .auth import Principal
-from .events import SSEEventType
-from .extensions import db
-from .models import JobEvent
+from .database import read_rows
+from .events import JOB_EVENTS, SSEEventType, event_envelope
 from .services import escalations as escalation_service
 
 LIVE_EVENT = "update"  # the SSE event name the console listens for
 
 
 def latest_event_id() -> int:
-    return db.session.scalar(select(func.max(JobEvent.id))) or 0
+    return read_rows(select(func.max(JOB_EVENTS.c.id)))[0][0] or 0
 
 
-def console_frame(founder_id: str, event: JobEvent, *, page: str) -> str:
-    envelope = event.envelope()
+def console_frame(founder_id: str, event, *, page: str) -> str:
+    envelope = event_envelope(event)
     parts: list[str] = []
     escalation_id = envelope.get("escalation_id")
     if event.type in (SSEEventType.AGENT_WAITING_FOR_INPUT, SSEEventType.AGENT_ESCALATION_RESOLVED) and escalation_id:

@@ -124,24 +124,30 @@ class JobEvent(db.Model):
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(String(255))
+    founder_id: Mapped[str] = mapped_column(String(255))  # the job's founder (their stream reads one range)
     type: Mapped[str] = mapped_column(String(100))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
         Index("ix_job_events_job_id_id", "job_id", "id"),
+        Index("ix_job_events_founder_id_id", "founder_id", "id"),
         {"sqlite_autoincrement": True},  # never reuse an id, even of a deleted last row
     )
 
     def envelope(self) -> dict[str, Any]:
-        """The flat JSON clients route on `type` (SPEC §3)."""
-        return {
-            **self.payload,
-            "id": self.id,
-            "type": self.type,
-            "job_id": self.job_id,
-            "timestamp": self.created_at.isoformat(),
-        }
+        return event_envelope(self)
+
+
+def event_envelope(event: Any) -> dict[str, Any]:
+    """The flat JSON clients route on `type` (SPEC §3), of a job_events row (or instance)."""
+    return {
+        **event.payload,
+        "id": event.id,
+        "type": event.type,
+        "job_id": event.job_id,
+        "timestamp": event.created_at.isoformat(),
+    }
 
 
 class SpentLoginLink(db.Model):

@@ -152,7 +152,7 @@ def dispose(app) -> None:
     """Stop the app's event feed and close its pooled connections (an open connection left
     to the garbage collector warns; a feed left running reconnects to a dropped database)."""
     from console.extensions import db
-    from console.realtime import current_hub
+    from console.hub import current_hub
 
     with app.app_context():
         current_hub().stop()
@@ -299,21 +299,23 @@ def live_server(app):
 
 
 class GunicornServer:
-    """A real server process (gunicorn, gthread), as production runs it."""
+    """A real server process, as production runs it: gunicorn with console.gunicorn_conf
+    (gevent workers)."""
 
-    def __init__(self, database_url: str, workers: int = 1, threads: int = 8, **env):
+    def __init__(self, database_url: str, workers: int = 1, **env):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "DATABASE_URL": database_url, "CONSOLE_JWT_SECRET": JWT_SECRET,
                     "CONSOLE_AGENT_TOKEN": AGENT_TOKEN, "CONSOLE_SECRET_KEY": SECRET_KEY,
                     "PYTHONUNBUFFERED": "1", **{k: str(v) for k, v in env.items()}}
-        self.args = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "gthread", "--threads", str(threads),
-                     "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "3", "--no-control-socket",
-                     "console:create_app()"]
+        self.args = [sys.executable, "-m", "gunicorn", "-c", "python:console.gunicorn_conf", "-w", str(workers),
+                     "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "3", "console:create_app()"]
         self.process: subprocess.Popen | None = None
 
     def __enter__(self):
-        self.log = open(os.devnull, "w")
+        import tempfile  # noqa: PLC0415
+
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="console-gunicorn-", suffix=".log")
         self.process = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_health(self.url, process=self.process)
         return self
@@ -325,3 +327,9 @@ class GunicornServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+    def log_text(self) -> str:
+        """What the server has logged so far (for a failing test's message)."""
+        self.log.flush()
+        with open(self.log.name) as fh:
+            return fh.read()

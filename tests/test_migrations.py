@@ -27,12 +27,22 @@ def tables(url: str) -> set[str]:
     return names - {"alembic_version"}
 
 
+def columns(url: str, table: str) -> set[str]:
+    app = make_app(url)
+    with app.app_context():
+        names = {column["name"] for column in sa.inspect(db.engine).get_columns(table)}
+        db.engine.dispose()
+    return names
+
+
 ALL_TABLES = {"agent_escalations", "jobs", "job_events", "spent_login_links"}
 
 
 def test_upgrade_downgrade_upgrade_round_trip(scratch_url):
     migrate(scratch_url)
     assert tables(scratch_url) == ALL_TABLES
+    migrate(scratch_url, "-1", "downgrade")
+    assert tables(scratch_url) == ALL_TABLES and "founder_id" not in columns(scratch_url, "job_events")
     migrate(scratch_url, "-1", "downgrade")
     assert tables(scratch_url) == ALL_TABLES - {"spent_login_links"}
     migrate(scratch_url, "base", "downgrade")

@@ -17,7 +17,7 @@ def two_servers(postgres):
     url = postgres.create("console_races")
     migrate(url)
     try:
-        with GunicornServer(url, workers=1, threads=16) as a, GunicornServer(url, workers=1, threads=16) as b:
+        with GunicornServer(url, workers=1) as a, GunicornServer(url, workers=1) as b:
             yield a, b
     finally:
         postgres.drop(url)

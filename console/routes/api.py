@@ -8,6 +8,7 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from .. import realtime
 from ..auth import api_auth
+from ..events import event_envelope
 from ..schemas import (
     EscalationCreate, EscalationQuery, EventCreate, EventsQuery, InboxQuery, JobEscalationsQuery, ResolveRequest,
     SkipRequest, escalation_json_bytes, escalation_list_json_bytes, escalation_page_json_bytes, parse,
@@ -120,7 +121,7 @@ def skip_escalation(escalation_id: str):
 def post_job_event(job_id: str):
     data = parse(EventCreate, json_body())
     event = job_service.post_job_event(job_id, data.type, data.founder_id, data.project_id, data.payload)
-    return jsonify(event.envelope()), 201
+    return jsonify(event_envelope(event)), 201
 
 
 @bp.get("/jobs/<job_id>/events")
@@ -128,5 +129,5 @@ def post_job_event(job_id: str):
 def list_job_events(job_id: str):
     params = query(EventsQuery)
     events = job_service.list_job_events(job_id, g.principal, params.after, params.limit)
-    return jsonify({"items": [e.envelope() for e in events],
+    return jsonify({"items": [event_envelope(e) for e in events],
                     "next_after": events[-1].id if events else params.after})

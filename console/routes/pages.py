@@ -14,6 +14,7 @@ from flask import (
 
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from ..events import event_envelope
 from ..live import console_frame, describe_event, latest_event_id, time_ago
 from ..models import escalation_option
 from ..realtime import founder_event_stream, job_event_stream
@@ -198,3 +199,4 @@ def job_live(job_id: str) -> Response:
 bp.add_app_template_filter(time_ago, "time_ago")
 bp.add_app_template_filter(describe_event, "describe_event")
 bp.add_app_template_global(escalation_option, "escalation_option")
+bp.add_app_template_global(event_envelope, "event_envelope")

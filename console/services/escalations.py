@@ -21,12 +21,12 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, func, select, text, tuple_, update
+from sqlalchemy import BigInteger, Row, Select, bindparam, column, func, select, text, tuple_, update
 
 from ..auth import AGENT, Principal
 from ..database import read_rows, write_transaction
 from ..errors import Conflict, FieldError, NotFound, ValidationFailed
-from ..events import SSEEventType, record_event
+from ..events import NOTIFY_CHANNEL, SSEEventType, announce, founder_lock_sql, record_event
 from ..extensions import db
 from ..models import PENDING, RESOLVED, SKIPPED, AgentEscalation, escalation_option, utcnow
 from ..schemas import EscalationCreate
@@ -243,23 +243,96 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
         raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     decision = (decision or "").strip()
     guidance = (guidance or "").strip() or None
+    if db.engine.dialect.name == "postgresql":
+        won = _resolve_in_one_statement(parsed, founder_id, decision, guidance)
+    else:
+        won = _resolve_in_transaction(parsed, founder_id, decision, guidance)
+    if won is not None:
+        return won
+    # Nothing changed: the record is missing or foreign (404), the decision is not valid
+    # (422), or it was decided before (200 for the same decision, else 409).
+    current = find_escalation(parsed, Principal("founder", founder_id))
+    if current is None:
+        raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
+    if current.status == PENDING:
+        _check_decision(current, decision, guidance)  # says what is wrong with the decision
+        won = _resolve_in_transaction(parsed, founder_id, decision, guidance)
+        if won is not None:
+            return won
+        current = get_escalation(parsed, Principal("founder", founder_id))
+    return _already_settled(current, decision, guidance)
+
+
+def _resolve_in_transaction(escalation_id: uuid.UUID, founder_id: str, decision: str,
+                            guidance: str | None) -> Escalation | None:
+    """The decision as a transaction of two statements (SQLite; and the fallback): the
+    conditional UPDATE, checked against the options it returns (an invalid decision rolls
+    it back), then the event. None when the escalation is not pending (or not theirs)."""
     with write_transaction():
-        # Decide first, check second: the check needs the options, and the row is ours
-        # (locked) once the UPDATE matched; an invalid decision rolls it back.
         won = db.session.execute(
             update(ESCALATIONS)
-            .where(ESCALATIONS.c.id == parsed, ESCALATIONS.c.founder_id == founder_id, ESCALATIONS.c.status == PENDING)
+            .where(ESCALATIONS.c.id == escalation_id, ESCALATIONS.c.founder_id == founder_id,
+                   ESCALATIONS.c.status == PENDING)
             .values(status=RESOLVED, founder_decision=decision, founder_guidance=guidance, resolved_at=utcnow())
             .returning(*ESCALATIONS.c)
         ).one_or_none()
         if won is not None:
             _check_decision(won, decision, guidance)
             record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED, _resolution_payload(won))
-            return won
-        current = find_escalation(parsed, Principal("founder", founder_id))
-    if current is None:
-        raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
-    return _already_settled(current, decision, guidance)
+    return won
+
+
+def _resolve_in_one_statement(escalation_id: uuid.UUID, founder_id: str, decision: str,
+                              guidance: str | None) -> Escalation | None:
+    """PostgreSQL: the whole decision in one autocommit statement, one round trip (what
+    the ceiling in ../shared/peers does): the conditional UPDATE whose WHERE also checks
+    the decision against the options, the founder's event-ordering lock, the event and its
+    NOTIFY. None when nothing matched; the caller then tells why."""
+    resolved_at = utcnow()
+    payload = {"escalation_id": str(escalation_id), "status": RESOLVED, "resolution": decision,
+               "guidance": guidance, "resolved_at": resolved_at.isoformat()}
+    with db.engine.begin() as connection:  # the engine autocommits: no BEGIN, no COMMIT round trip
+        won = connection.execute(_RESOLVE_ONE_STATEMENT, {
+            "id": escalation_id, "founder_id": founder_id, "decision": decision, "guidance": guidance,
+            "resolved_at": resolved_at, "payload": json.dumps(payload), "type": SSEEventType.AGENT_ESCALATION_RESOLVED,
+            "provide_guidance": PROVIDE_GUIDANCE, "channel": NOTIFY_CHANNEL,
+        }).one_or_none()
+    if won is None:
+        return None
+    announce([(won.event_id, won.job_id, won.founder_id)])
+    return won
+
+
+_ESCALATION_COLUMNS = ", ".join(column.name for column in ESCALATIONS.c)
+_RESOLVE_ONE_STATEMENT = text(f"""
+    WITH won AS (
+        UPDATE agent_escalations
+           SET status = 'resolved', founder_decision = :decision, founder_guidance = :guidance,
+               resolved_at = :resolved_at
+         WHERE id = :id AND founder_id = :founder_id AND status = 'pending'
+           AND CAST(:decision AS TEXT) <> ''
+           AND (jsonb_array_length(options) = 0
+                OR options @> jsonb_build_array(jsonb_build_object('value', CAST(:decision AS TEXT))))
+           AND (CAST(:guidance AS TEXT) IS NOT NULL OR NOT (
+                CAST(:decision AS TEXT) = :provide_guidance
+                OR options @> jsonb_build_array(
+                     jsonb_build_object('value', CAST(:decision AS TEXT), 'requires_guidance', true))))
+        RETURNING {_ESCALATION_COLUMNS}
+    ), ordering AS (
+        SELECT {founder_lock_sql("won.founder_id")} FROM won
+    ), event AS (
+        INSERT INTO job_events (job_id, founder_id, type, payload, created_at)
+        SELECT won.job_id, won.founder_id, :type,
+               CAST(:payload AS JSONB) || jsonb_build_object(
+                   'project_id', won.project_id,
+                   'resolution_label', (SELECT option ->> 'label' FROM jsonb_array_elements(won.options) AS option
+                                         WHERE option ->> 'value' = won.founder_decision LIMIT 1)),
+               :resolved_at
+          FROM won, ordering
+        RETURNING id, pg_notify(:channel, json_build_array(id, job_id, founder_id)::text)
+    )
+    SELECT {_ESCALATION_COLUMNS}, (SELECT id FROM event) AS event_id FROM won
+""").columns(*ESCALATIONS.c, column("event_id", BigInteger))
 
 
 def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None) -> Escalation:

@@ -4,16 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..auth import Principal
 from ..database import write_transaction
 from ..errors import Conflict, FieldError, ValidationFailed
-from ..events import list_events, record_event
+from ..database import read_rows
+from ..events import JOB_EVENTS, StoredEvent, list_events, record_event
 from ..extensions import db
-from ..models import Job, JobEvent, utcnow
+from ..models import Job, utcnow
 
 
 def dialect_insert(model):
@@ -85,7 +86,7 @@ def job_visible_to(job_id: str, principal: Principal) -> bool:
 
 
 def post_job_event(job_id: str, event_type: str, founder_id: str, project_id: str | None,
-                   payload: dict[str, Any]) -> JobEvent:
+                   payload: dict[str, Any]) -> StoredEvent:
     """An agent-posted event (type already checked against the vocabulary)."""
     check_job_id(job_id)
     if project_id is not None:
@@ -96,15 +97,15 @@ def post_job_event(job_id: str, event_type: str, founder_id: str, project_id: st
     return event
 
 
-def recent_job_events(job_id: str, principal: Principal, limit: int) -> list[JobEvent]:
+def recent_job_events(job_id: str, principal: Principal, limit: int) -> list[Row]:
     """The job's last `limit` events, oldest first (the console's timeline)."""
     if not job_visible_to(job_id, principal):
         return []
-    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc()).limit(limit)
-    return list(reversed(db.session.scalars(query).all()))
+    query = select(JOB_EVENTS).where(JOB_EVENTS.c.job_id == job_id).order_by(JOB_EVENTS.c.id.desc()).limit(limit)
+    return list(reversed(read_rows(query)))
 
 
-def list_job_events(job_id: str, principal: Principal, after: int, limit: int) -> list[JobEvent]:
+def list_job_events(job_id: str, principal: Principal, after: int, limit: int) -> list[Row]:
     if not job_visible_to(job_id, principal):
         return []
     return list_events(job_id, after, limit)

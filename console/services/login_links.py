@@ -13,10 +13,9 @@ import secrets
 
 from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
-from ..database import write_transaction
-from ..extensions import db
+from ..database import read_rows, write_transaction
 from ..models import SpentLoginLink, utcnow
 from .jobs import dialect_insert
 
@@ -51,7 +50,8 @@ def link_founder(token: str) -> str | None:
     if read is None:
         return None
     founder_id, nonce = read
-    return None if db.session.get(SpentLoginLink, nonce) is not None else founder_id
+    spent = read_rows(select(SpentLoginLink.nonce).where(SpentLoginLink.nonce == nonce))
+    return None if spent else founder_id
 
 
 def spend_login_link(token: str) -> str | None:
