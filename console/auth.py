@@ -4,6 +4,12 @@ Founder JWTs are verified with HS256 and CONSOLE_JWT_SECRET, or with an identity
 provider's public key (CONSOLE_JWT_PUBLIC_KEY, PEM) or key set (CONSOLE_JWKS_URL). The
 algorithm family is chosen by the key, never by the token alone, so a public key can
 never be used as an HMAC secret and `alg: none` is never accepted.
+
+Agents present either the orchestrator's CONSOLE_AGENT_TOKEN (every job) or a job-scoped
+agent JWT (HS256 with CONSOLE_AGENT_JWT_SECRET, `role: "agent"`, `job_id`, `founder_id`,
+`exp`; SPEC §15). The two JWT kinds never stand in for each other: different secrets, and
+the `role` claim decides which one secret a JWT is checked with. What a caller may see and
+write is decided by `Principal.sees` and `Principal.check_may_write`, nowhere else.
 """
 from __future__ import annotations
 
@@ -25,15 +31,53 @@ SESSION_FOUNDER_KEY = "founder_id"
 
 @dataclass(frozen=True)
 class Principal:
+    """Who is calling. A founder (`founder_id`); the orchestrator (an agent with no scope:
+    every job); or a job-scoped agent (an agent with `job_id` and `founder_id`)."""
+
     kind: Literal["founder", "agent"]
     founder_id: str | None = None
+    job_id: str | None = None  # set only for a job-scoped agent
 
     @property
     def is_agent(self) -> bool:
         return self.kind == "agent"
 
+    @property
+    def is_orchestrator(self) -> bool:
+        """The unscoped agent token: every job, every founder."""
+        return self.kind == "agent" and self.job_id is None
 
-AGENT = Principal("agent")
+    @property
+    def is_scoped_agent(self) -> bool:
+        return self.kind == "agent" and self.job_id is not None
+
+    def sees_job(self, job_id: str) -> bool:
+        """Could anything of this job be visible? (A founder's jobs are told by their owner.)"""
+        return not self.is_scoped_agent or job_id == self.job_id
+
+    def sees(self, founder_id: str | None, job_id: str | None) -> bool:
+        """May the caller see a record of this founder and job? The orchestrator: everything;
+        a scoped agent: its job and founder only; a founder: their own records."""
+        if self.kind == "founder":
+            return self.founder_id is not None and founder_id == self.founder_id
+        if self.job_id is None:
+            return True
+        return job_id == self.job_id and founder_id == self.founder_id
+
+    def check_may_write(self, job_id: str, founder_id: str) -> None:
+        """Forbidden (403) unless the caller may write as an agent in this job for this
+        founder: the orchestrator anywhere, a scoped agent in its own job and founder only."""
+        if self.kind != "agent":
+            raise Forbidden("This action is for agents: a founder token may not do it.")
+        if self.job_id is not None and job_id != self.job_id:
+            raise Forbidden(f"This agent token is scoped to job {self.job_id!r}; it may not write to job {job_id!r}.")
+        if self.job_id is not None and founder_id != self.founder_id:
+            raise Forbidden("This agent token is scoped to another founder: founder_id must be the token's.")
+
+
+AGENT = Principal("agent")  # the orchestrator
+AGENT_ROLE = "agent"
+DEFAULT_AGENT_TOKEN_TTL = 24 * 3600
 
 
 def _jwks_client(url: str) -> jwt.PyJWKClient:
@@ -52,21 +96,63 @@ def verify_founder_token(token: str) -> str:
     A frontend sends the same token with every request until it expires, so tokens whose
     signature checked out are remembered (per app, bounded); their time claims are checked
     again on every use."""
-    cache: dict[str, tuple[str, float, float]] = current_app.extensions.setdefault("console_verified_tokens", {})
+    return _remembered("console_verified_tokens", token, _verify_founder_token)
+
+
+def verify_agent_jwt(token: str) -> Principal:
+    """The scoped agent of a valid job-scoped agent JWT; Unauthorized otherwise (remembered
+    like founder tokens)."""
+    return _remembered("console_verified_agent_tokens", token, _verify_agent_jwt)
+
+
+def _remembered(cache_name: str, token: str, verify: Callable[[str], tuple]):
+    cache: dict[str, tuple] = current_app.extensions.setdefault(cache_name, {})
     hit = cache.get(token)
     if hit is not None:
-        founder_id, not_before, expires = hit
+        value, not_before, expires = hit
         now = time.time()
         leeway = current_app.config.get("JWT_LEEWAY_SECONDS", 10)
         if not_before - leeway <= now < expires + leeway:
-            return founder_id
+            return value
         cache.pop(token, None)
-    founder_id, claims = _verify_founder_token(token)
+    value, claims = verify(token)
     if len(cache) >= _VERIFIED_CACHE_SIZE:
         cache.clear()
     not_before = max(float(claims.get("nbf", 0) or 0), float(claims.get("iat", 0) or 0))
-    cache[token] = (founder_id, not_before, float(claims["exp"]))
-    return founder_id
+    cache[token] = (value, not_before, float(claims["exp"]))
+    return value
+
+
+def _decode_errors(error: jwt.PyJWTError) -> Unauthorized:
+    if isinstance(error, jwt.ExpiredSignatureError):
+        return Unauthorized("The token has expired.")
+    if isinstance(error, jwt.ImmatureSignatureError):
+        return Unauthorized("The token is not valid yet (nbf/iat in the future).")
+    return Unauthorized(f"The token is not valid: {error}.")
+
+
+def _verify_agent_jwt(token: str) -> tuple[Principal, dict]:
+    config = current_app.config
+    try:
+        claims = jwt.decode(token, config["AGENT_JWT_SECRET"], algorithms=["HS256"],
+                            leeway=config.get("JWT_LEEWAY_SECONDS", 10),
+                            options={"require": ["exp", "role", "job_id", "founder_id"], "verify_aud": False})
+    except jwt.PyJWTError as error:
+        raise _decode_errors(error) from None
+    job_id, founder_id = claims.get("job_id"), claims.get("founder_id")
+    if claims.get("role") != AGENT_ROLE:
+        raise Unauthorized("The token is not an agent token.")
+    for name, value in (("job_id", job_id), ("founder_id", founder_id)):
+        if not isinstance(value, str) or not value or len(value) > 255:
+            raise Unauthorized(f"The agent token's {name} is not an id.")
+    return Principal("agent", founder_id=founder_id, job_id=job_id), claims
+
+
+def mint_agent_jwt(secret: str, job_id: str, founder_id: str, ttl_seconds: int = DEFAULT_AGENT_TOKEN_TTL) -> str:
+    """A job-scoped agent token (what `flask --app console agent-token --job --founder` prints)."""
+    now = int(time.time())
+    return jwt.encode({"role": AGENT_ROLE, "job_id": job_id, "founder_id": founder_id, "iat": now,
+                       "exp": now + int(ttl_seconds)}, secret, algorithm="HS256")
 
 
 def _verify_founder_token(token: str) -> tuple[str, dict]:
@@ -95,12 +181,10 @@ def _verify_founder_token(token: str) -> tuple[str, dict]:
             leeway=config.get("JWT_LEEWAY_SECONDS", 10),
             options={"require": ["exp", "sub"], "verify_aud": bool(config.get("JWT_AUDIENCE"))},
         )
-    except jwt.ExpiredSignatureError:
-        raise Unauthorized("The token has expired.") from None
-    except jwt.ImmatureSignatureError:
-        raise Unauthorized("The token is not valid yet (nbf/iat in the future).") from None
     except jwt.PyJWTError as error:
-        raise Unauthorized(f"The token is not valid: {error}.") from None
+        raise _decode_errors(error) from None
+    if claims.get("role") == AGENT_ROLE:  # even if both secrets were set to one value
+        raise Unauthorized("An agent token is not a founder token.")
     founder_id = claims.get("sub")
     if not isinstance(founder_id, str) or not founder_id or len(founder_id) > 255:
         raise Unauthorized("The token's subject is not a founder id.")
@@ -112,11 +196,19 @@ def principal_from_bearer() -> Principal:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("Send 'Authorization: Bearer <token>' (a founder JWT or the agent token).")
+        raise Unauthorized("Send 'Authorization: Bearer <token>' (a founder JWT or an agent token).")
     agent_token = current_app.config["AGENT_TOKEN"]
     # Compare digests: constant time whatever the lengths.
     if hmac.compare_digest(hashlib.sha256(token.encode()).digest(), hashlib.sha256(agent_token.encode()).digest()):
         return AGENT
+    # A JWT that says it is an agent's is checked with the agent secret only (never as a
+    # founder's); every other JWT only as a founder's, which refuses role "agent" too.
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        unverified = None
+    if isinstance(unverified, dict) and unverified.get("role") == AGENT_ROLE:
+        return verify_agent_jwt(token)
     return Principal("founder", verify_founder_token(token))
 
 
@@ -129,7 +221,7 @@ def api_auth(*, founder: bool = True, agent: bool = True) -> Callable:
         def wrapped(*args, **kwargs):
             principal = principal_from_bearer()
             if principal.is_agent and not agent:
-                raise Forbidden("This action needs a founder: the agent token may not do it.")
+                raise Forbidden("This action needs a founder: an agent token may not do it.")
             if not principal.is_agent and not founder:
                 raise Forbidden("This endpoint is for agents: a founder token may not call it.")
             g.principal = principal

@@ -4,6 +4,8 @@ from __future__ import annotations
 import click
 from flask import Flask
 
+from .auth import DEFAULT_AGENT_TOKEN_TTL, mint_agent_jwt
+
 DEMO_FOUNDER = "founder-demo"
 
 
@@ -20,9 +22,46 @@ def register(app: Flask) -> None:
         click.echo(f"Sign-in link for {founder_id} (valid once, for {minutes} minutes):\n{link}")
 
     @app.cli.command("agent-token")
-    def agent_token() -> None:
-        """Print the agent bearer token this deployment accepts (CONSOLE_AGENT_TOKEN, or the generated one)."""
-        click.echo(app.config["AGENT_TOKEN"])
+    @click.option("--job", "job_id", default=None, help="Mint a token scoped to this job (with --founder).")
+    @click.option("--founder", "founder_id", default=None, help="The founder the scoped token acts for (with --job).")
+    @click.option("--ttl", type=click.IntRange(1, 366 * 24 * 3600), default=None,
+                  help=f"Lifetime of the scoped token in seconds [default: {DEFAULT_AGENT_TOKEN_TTL}].")
+    def agent_token(job_id: str | None, founder_id: str | None, ttl: int | None) -> None:
+        """Print an agent bearer token. Without options: the orchestrator's token
+        (CONSOLE_AGENT_TOKEN, or the generated one), valid for every job. With --job and
+        --founder: a job-scoped token (a JWT signed with CONSOLE_AGENT_JWT_SECRET) that may
+        act only in that job, for that founder, until it expires."""
+        if job_id is None and founder_id is None:
+            if ttl is not None:
+                raise click.UsageError("--ttl is for a scoped token: give --job and --founder too.")
+            click.echo(app.config["AGENT_TOKEN"])
+            return
+        if not job_id or not founder_id:
+            raise click.UsageError("A scoped token needs both --job and --founder.")
+        for name, value in (("--job", job_id), ("--founder", founder_id)):
+            if len(value) > 255 or "\x00" in value:
+                raise click.UsageError(f"{name} must be 1-255 characters, without NUL.")
+        click.echo(mint_agent_jwt(app.config["AGENT_JWT_SECRET"], job_id, founder_id,
+                                  ttl if ttl is not None else DEFAULT_AGENT_TOKEN_TTL))
+
+    @app.cli.command("worker")
+    @click.option("--once", is_flag=True, help="Do what is due now, then exit.")
+    def worker(once: bool) -> None:
+        """Run the worker: expiries and reminders (and, later, notifications and webhooks).
+        Any number may run against one PostgreSQL; run one on SQLite. SIGTERM / SIGINT stop
+        it after the batch in hand."""
+        import logging  # noqa: PLC0415
+
+        from .worker import Worker  # noqa: PLC0415
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        runner = Worker(app)
+        if once:
+            done = runner.run_once()
+            click.echo("Done: " + (", ".join(f"{count} {name}" for name, count in done.items()) or "nothing was due") + ".")
+            return
+        runner.install_signal_handlers()
+        runner.run_forever()
 
     @app.cli.command("demo")
     @click.option("--founder", "founder_id", default=DEMO_FOUNDER, show_default=True,

@@ -16,9 +16,17 @@ Standard library only, so any agent process can vendor or import it::
 so the answer arrives within milliseconds of the founder's click, through whichever server
 process serves the request; a restarting server or a database outage costs a retry, not the
 decision.
+
+`agent_token` is either the orchestrator's CONSOLE_AGENT_TOKEN (every job) or, better for
+an agent process, a job-scoped token (`flask --app console agent-token --job JOB --founder
+FOUNDER`, SPEC §15): the client sends either as the bearer. With a scoped token the server
+lets the agent act only in that job and for that founder; `token_scope(token)` (and
+`ConsoleClient.scope`) tells which ones, so an agent can take its job and founder from it.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import random
 import time
@@ -55,7 +63,8 @@ class ConsoleClient:
     def __init__(self, base_url: str, agent_token: str, *, request_timeout: float = 10.0,
                  retry_for: float = 30.0):
         self.base_url = base_url.rstrip("/")
-        self.agent_token = agent_token
+        self.agent_token = agent_token  # the orchestrator's token, or a job-scoped one
+        self.scope = token_scope(agent_token)  # {"job_id", "founder_id"} of a scoped token, else None
         self.request_timeout = request_timeout
         self.retry_for = retry_for  # how long a call keeps retrying an unreachable server
 
@@ -149,6 +158,24 @@ class ConsoleClient:
             if not retryable or time.monotonic() >= give_up:
                 raise failure
             time.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)) * (0.5 + random.random() / 2))
+
+
+def token_scope(token: str) -> dict[str, str] | None:
+    """The `job_id` and `founder_id` a job-scoped agent token is for, read from its payload
+    without verifying it (the server does that), or None for the orchestrator's token."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(claims, dict) or claims.get("role") != "agent":
+        return None
+    job_id, founder_id = claims.get("job_id"), claims.get("founder_id")
+    if not isinstance(job_id, str) or not isinstance(founder_id, str):
+        return None
+    return {"job_id": job_id, "founder_id": founder_id}
 
 
 def _quote(value: str) -> str:

@@ -16,7 +16,7 @@ from flask import Flask
 MAX_BODY_BYTES = 256 * 1024
 MAX_EVENT_PAYLOAD_BYTES = 16 * 1024
 
-GENERATED_SECRETS = ("SECRET_KEY", "JWT_SECRET", "AGENT_TOKEN")
+GENERATED_SECRETS = ("SECRET_KEY", "JWT_SECRET", "AGENT_TOKEN", "AGENT_JWT_SECRET")
 
 
 class DefaultConfig:
@@ -39,6 +39,7 @@ class DefaultConfig:
     JWT_AUDIENCE: str | None = None
     JWT_LEEWAY_SECONDS = 10
     AGENT_TOKEN: str | None = None
+    AGENT_JWT_SECRET: str | None = None  # HS256 key of job-scoped agent tokens (SPEC §15)
     CORS_ORIGINS: str | None = None  # comma-separated origins of the main web frontend
     BASE_URL = "http://127.0.0.1:5000"  # used in printed login links
     LOGIN_LINK_MAX_AGE = 15 * 60
@@ -47,6 +48,11 @@ class DefaultConfig:
     SSE_HEARTBEAT_SECONDS = 15.0
     SSE_MAX_STREAM_SECONDS = 300.0
     SQLITE_POLL_SECONDS = 0.5
+
+    # Expiry (SPEC §10): the deadline of an escalation created without `expires_in`
+    # (seconds; None: no deadline), and how often the worker looks for due work.
+    DEFAULT_EXPIRES_IN: int | None = None
+    WORKER_POLL_SECONDS = 1.0
 
 
 def database_uri(url: str | None, instance_path: str) -> str:
@@ -94,7 +100,37 @@ def load_generated_secrets(instance_path: str) -> dict[str, str]:
         finally:
             tmp.unlink(missing_ok=True)
     stored = json.loads(path.read_text())
+    if any(not stored.get(name) for name in GENERATED_SECRETS):
+        stored = _add_missing_secrets(path)
     return {name: stored[name] for name in GENERATED_SECRETS if stored.get(name)}
+
+
+def _add_missing_secrets(path: Path) -> dict[str, str]:
+    """A secret added by a later version (AGENT_JWT_SECRET) to an existing secrets.json:
+    read, complete and replace the file under an exclusive lock, so processes starting
+    together agree on the one value that is written."""
+    import fcntl  # noqa: PLC0415  (POSIX, like gunicorn)
+
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = json.loads(path.read_text())
+        missing = [name for name in GENERATED_SECRETS if not stored.get(name)]
+        if missing:
+            stored.update({name: secrets.token_urlsafe(32) for name in missing})
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(stored, fh)
+            os.replace(tmp, path)
+    return stored
+
+
+def _check_default_expires_in(value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 30 * 24 * 3600:
+        raise RuntimeError(f"CONSOLE_DEFAULT_EXPIRES_IN must be a whole number of seconds from 1 to 2592000 "
+                           f"(30 days), or unset for no deadline; it is {value!r}.")
 
 
 def configure(app: Flask, test_config: dict | None) -> None:
@@ -108,6 +144,7 @@ def configure(app: Flask, test_config: dict | None) -> None:
         app.config.update(test_config)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         app.config["SQLALCHEMY_DATABASE_URI"] = database_uri(os.environ.get("DATABASE_URL"), app.instance_path)
+    _check_default_expires_in(app.config.get("DEFAULT_EXPIRES_IN"))
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(uri))
     if any(not app.config.get(name) for name in GENERATED_SECRETS):
@@ -115,3 +152,6 @@ def configure(app: Flask, test_config: dict | None) -> None:
         for name in GENERATED_SECRETS:
             if not app.config.get(name):
                 app.config[name] = generated[name]
+    if app.config["AGENT_JWT_SECRET"] in (app.config["JWT_SECRET"], app.config["AGENT_TOKEN"]):
+        # One key for both kinds of JWT would let a founder's token be signed as an agent's.
+        raise RuntimeError("CONSOLE_AGENT_JWT_SECRET must differ from CONSOLE_JWT_SECRET and CONSOLE_AGENT_TOKEN.")

@@ -16,7 +16,12 @@ JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 # INTEGER PRIMARY KEY is SQLite's rowid; BIGINT would not autoincrement there.
 EventId = BigInteger().with_variant(Integer(), "sqlite")
 
-PENDING, RESOLVED, SKIPPED = "pending", "resolved", "skipped"
+PENDING, RESOLVED, SKIPPED, EXPIRED = "pending", "resolved", "skipped", "expired"
+STATUSES = (PENDING, RESOLVED, SKIPPED, EXPIRED)
+
+# Who settled an escalation (decided_by) and through what (decided_via, when a person did).
+BY_FOUNDER, BY_RULE, BY_EXPIRY, BY_AGENT = "founder", "rule", "expiry", "agent"
+VIA_API, VIA_CONSOLE, VIA_SLACK = "api", "console", "slack"
 
 
 def utcnow() -> dt.datetime:
@@ -74,6 +79,14 @@ class AgentEscalation(db.Model):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     occurrences: Mapped[int] = mapped_column(Integer, default=1)
     last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Expiry (SPEC §10): the deadline, the option applied then, and the reminder at 3/4 of it.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    on_expiry: Mapped[str | None] = mapped_column(String(255))
+    reminder_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    reminded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Audit (SPEC §10): founder | rule | expiry | agent, and api | console | slack.
+    decided_by: Mapped[str | None] = mapped_column(String(20))
+    decided_via: Mapped[str | None] = mapped_column(String(20))
 
     __table_args__ = (
         # A job's cards, newest first; the founder's inbox, with and without a status filter.
@@ -89,6 +102,13 @@ class AgentEscalation(db.Model):
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
+        # The worker's sweeps (console/worker.py) read only what is due, cheaply at any size.
+        Index("ix_agent_escalations_pending_expires_at", "expires_at",
+              postgresql_where=text("status = 'pending' AND expires_at IS NOT NULL"),
+              sqlite_where=text("status = 'pending' AND expires_at IS NOT NULL")),
+        Index("ix_agent_escalations_pending_reminder_at", "reminder_at",
+              postgresql_where=text("status = 'pending' AND reminder_at IS NOT NULL AND reminded_at IS NULL"),
+              sqlite_where=text("status = 'pending' AND reminder_at IS NOT NULL AND reminded_at IS NULL")),
     )
 
     def __init__(self, **kwargs: Any) -> None:

@@ -141,7 +141,11 @@ def openapi_document() -> dict:
             "securitySchemes": {
                 "founderJWT": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                                "description": "A founder's JWT: `sub` is the founder id"},
-                "agentToken": {"type": "http", "scheme": "bearer", "description": "CONSOLE_AGENT_TOKEN"},
+                "agentToken": {"type": "http", "scheme": "bearer", "description": (
+                    "CONSOLE_AGENT_TOKEN (the orchestrator: every job), or a job-scoped agent JWT "
+                    "(HS256 with CONSOLE_AGENT_JWT_SECRET; claims role \"agent\", job_id, founder_id, exp; "
+                    "`flask --app console agent-token --job JOB --founder FOUNDER`): only that job and "
+                    "founder — other jobs' records answer 404 or an empty list, a write elsewhere 403")},
             },
         },
     }

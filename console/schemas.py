@@ -39,7 +39,10 @@ RawText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]  
 OptionalText = Annotated[str, StringConstraints(max_length=MAX_TEXT), NoNul]
 OptionValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")]
 Timestamp = Annotated[dt.datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str, when_used="json")]
-Status = Literal["pending", "resolved", "skipped"]
+Status = Literal["pending", "resolved", "skipped", "expired"]
+DecidedBy = Literal["founder", "rule", "expiry", "agent"]
+DecidedVia = Literal["api", "console", "slack"]
+MAX_EXPIRES_IN = 30 * 24 * 3600
 
 
 def _not_blank(value: str | None) -> str | None:
@@ -73,6 +76,11 @@ class EscalationCreate(BaseModel):
     options: list[EscalationOption] = Field(default_factory=list, max_length=MAX_OPTIONS)
     error_message: RawText | None = Field(None, description="Raw error text, used only for the signature; never stored")
     error_signature: Id | None = Field(None, description="The agent's own signature, stored as given")
+    expires_in: Annotated[int, Field(strict=True, ge=1, le=MAX_EXPIRES_IN)] | None = Field(
+        None, description="Seconds until nobody answering settles it (default CONSOLE_DEFAULT_EXPIRES_IN: none)")
+    on_expiry: OptionValue | None = Field(
+        None, description="The option applied at the deadline; one needing no guidance. "
+                          "Default: the recommended option when it needs no guidance, else none (status expired)")
 
     _blank = field_validator("session_id", "project_id", "founder_id", "error_type",
                              "plain_english_problem", "recommended_action")(_not_blank)
@@ -178,6 +186,10 @@ class EscalationResponse(BaseModel):
     resolved_at: Timestamp | None
     occurrences: int
     last_seen_at: Timestamp
+    expires_at: Timestamp | None = Field(description="When nobody answering settles it; null: never")
+    on_expiry: str | None = Field(description="The option applied then; null: it expires without a decision")
+    decided_by: DecidedBy | None = Field(description="Who settled it; null while pending")
+    decided_via: DecidedVia | None = Field(description="Where a person decided; null when no person did")
 
 
 class EscalationPage(BaseModel):

@@ -14,6 +14,15 @@ Run it against a console (the README shows the whole loop):
 
     CONSOLE_AGENT_TOKEN=... python examples/agent_loop.py --url http://127.0.0.1:5000 --founder founder-demo
 
+Least privilege: give the agent a token scoped to its one job instead of the
+orchestrator's key (the job and the founder are then read from the token):
+
+    CONSOLE_AGENT_TOKEN=$(flask --app console agent-token --job job-42 --founder founder-demo --ttl 3600) \
+        python examples/agent_loop.py --url http://127.0.0.1:5000
+
+or let the example mint one itself from the signing key, as an orchestrator does for each
+agent it starts: --mint-with "$CONSOLE_AGENT_JWT_SECRET" (needs PyJWT).
+
 then answer the question in the browser. It exits 0 once every task is settled.
 """
 from __future__ import annotations
@@ -28,7 +37,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from console.client import ConsoleClient, DecisionTimeout  # noqa: E402
+from console.client import ConsoleClient, DecisionTimeout, token_scope  # noqa: E402
 
 OPTIONS = [
     {"value": "skip_feature", "label": "Skip payments for now",
@@ -139,21 +148,44 @@ class Agent:
         return 0
 
 
+def mint_scoped_token(agent_jwt_secret: str, job_id: str, founder_id: str, ttl: int) -> str:
+    """What an orchestrator does before starting an agent: a token for this one job and
+    founder (the same claims as `flask --app console agent-token --job --founder --ttl`)."""
+    import jwt  # noqa: PLC0415  (PyJWT: only to mint; the client itself is standard library)
+
+    now = int(time.time())
+    return jwt.encode({"role": "agent", "job_id": job_id, "founder_id": founder_id, "iat": now, "exp": now + ttl},
+                      agent_jwt_secret, algorithm="HS256")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("CONSOLE_URL", "http://127.0.0.1:5000"))
     parser.add_argument("--token", default=os.environ.get("CONSOLE_AGENT_TOKEN"),
-                        help="the agent token (default: $CONSOLE_AGENT_TOKEN)")
-    parser.add_argument("--founder", default="founder-demo")
+                        help="the orchestrator's agent token or a job-scoped one (default: $CONSOLE_AGENT_TOKEN)")
+    parser.add_argument("--mint-with", metavar="AGENT_JWT_SECRET", default=None,
+                        help="instead of --token: mint a job-scoped token with this CONSOLE_AGENT_JWT_SECRET")
+    parser.add_argument("--founder", default=None, help="default: the scoped token's, else founder-demo")
     parser.add_argument("--project", default="proj-bakery-shop")
-    parser.add_argument("--job", default=None, help="default: a new job id")
+    parser.add_argument("--job", default=None, help="default: the scoped token's, else a new job id")
     parser.add_argument("--decision-timeout", type=float, default=3600)
     args = parser.parse_args(argv)
-    if not args.token:
-        parser.error("the agent token is required (--token or CONSOLE_AGENT_TOKEN)")
+    token = args.token
+    if args.mint_with:
+        token = mint_scoped_token(args.mint_with, args.job or f"job-{uuid.uuid4().hex[:10]}",
+                                  args.founder or "founder-demo", ttl=int(args.decision_timeout) + 600)
+    if not token:
+        parser.error("an agent token is required (--token, CONSOLE_AGENT_TOKEN or --mint-with)")
+    scope = token_scope(token)
+    if scope is not None:  # a job-scoped token: it may act only in its job, for its founder
+        for name, given in (("job", args.job), ("founder", args.founder)):
+            if given is not None and given != scope[f"{name}_id"]:
+                parser.error(f"--{name} {given!r} is not the scoped token's ({scope[f'{name}_id']!r})")
+        args.job, args.founder = scope["job_id"], scope["founder_id"]
+    founder_id = args.founder or "founder-demo"
     job_id = args.job or f"job-{uuid.uuid4().hex[:10]}"
-    log(f"job {job_id} for {args.founder} on {args.url}")
-    agent = Agent(ConsoleClient(args.url, args.token), args.founder, args.project, job_id, args.decision_timeout)
+    log(f"job {job_id} for {founder_id} on {args.url}" + (" with a job-scoped token" if scope else ""))
+    agent = Agent(ConsoleClient(args.url, token), founder_id, args.project, job_id, args.decision_timeout)
     return agent.run()
 
 

@@ -129,6 +129,7 @@ def migrate(url: str, revision: str = "head", direction: str = "upgrade") -> Non
 
 JWT_SECRET = "test-jwt-" + secrets.token_urlsafe(24)
 AGENT_TOKEN = "test-agent-" + secrets.token_urlsafe(24)
+AGENT_JWT_SECRET = "test-agent-jwt-" + secrets.token_urlsafe(24)
 SECRET_KEY = "test-key-" + secrets.token_urlsafe(24)
 
 
@@ -137,7 +138,7 @@ def make_app(database_url: str, **config):
         "SQLALCHEMY_DATABASE_URI": database_url if not database_url.startswith("postgresql://")
         else "postgresql+psycopg://" + database_url[len("postgresql://"):],
         "SECRET_KEY": SECRET_KEY, "JWT_SECRET": JWT_SECRET, "AGENT_TOKEN": AGENT_TOKEN,
-        "TESTING": True, **config,
+        "AGENT_JWT_SECRET": AGENT_JWT_SECRET, "TESTING": True, **config,
     })
 
 
@@ -307,6 +308,7 @@ class GunicornServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "DATABASE_URL": database_url, "CONSOLE_JWT_SECRET": JWT_SECRET,
                     "CONSOLE_AGENT_TOKEN": AGENT_TOKEN, "CONSOLE_SECRET_KEY": SECRET_KEY,
+                    "CONSOLE_AGENT_JWT_SECRET": AGENT_JWT_SECRET,
                     "PYTHONUNBUFFERED": "1", **{k: str(v) for k, v in env.items()}}
         self.args = [sys.executable, "-m", "gunicorn", "-c", "python:console.gunicorn_conf", "-w", str(workers),
                      "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "3", "console:create_app()"]

@@ -42,6 +42,9 @@ def test_upgrade_downgrade_upgrade_round_trip(scratch_url):
     migrate(scratch_url)
     assert tables(scratch_url) == ALL_TABLES
     migrate(scratch_url, "-1", "downgrade")
+    assert tables(scratch_url) == ALL_TABLES and "expires_at" not in columns(scratch_url, "agent_escalations")
+    assert "founder_id" in columns(scratch_url, "job_events")
+    migrate(scratch_url, "-1", "downgrade")
     assert tables(scratch_url) == ALL_TABLES and "founder_id" not in columns(scratch_url, "job_events")
     migrate(scratch_url, "-1", "downgrade")
     assert tables(scratch_url) == ALL_TABLES - {"spent_login_links"}

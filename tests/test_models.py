@@ -41,7 +41,9 @@ def test_model_has_every_spec_column():
     assert columns == {
         "id", "session_id", "job_id", "project_id", "founder_id", "error_type", "error_signature",
         "plain_english_problem", "attempts_summary", "recommended_action", "options", "status",
-        "founder_decision", "founder_guidance", "resolved_at", "created_at", "occurrences", "last_seen_at"}
+        "founder_decision", "founder_guidance", "resolved_at", "created_at", "occurrences", "last_seen_at",
+        # SPEC §10: the deadline, its outcome, the reminder, and who decided
+        "expires_at", "on_expiry", "reminder_at", "reminded_at", "decided_by", "decided_via"}
     assert AgentEscalation.__tablename__ == "agent_escalations"
 
 

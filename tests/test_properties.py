@@ -49,6 +49,7 @@ ESCALATION_KEYS = {
     "id", "session_id", "job_id", "project_id", "founder_id", "error_type", "error_signature",
     "plain_english_problem", "attempts_summary", "recommended_action", "options", "status",
     "founder_decision", "founder_guidance", "created_at", "resolved_at", "occurrences", "last_seen_at",
+    "expires_at", "on_expiry", "decided_by", "decided_via",  # SPEC §10
 }
 OPTION_KEYS = {"value", "label", "description", "requires_guidance", "recommended"}
 ENVELOPE_KEYS = {"id", "type", "job_id", "timestamp"}
@@ -370,7 +371,7 @@ def expected_options(options: list[dict]) -> list[dict]:
 def assert_escalation_shape(record: Any) -> None:
     assert isinstance(record, dict) and set(record) == ESCALATION_KEYS, record
     uuid.UUID(record["id"])
-    assert record["status"] in ("pending", "resolved", "skipped")
+    assert record["status"] in ("pending", "resolved", "skipped", "expired")
     parse_timestamp(record["created_at"])
     parse_timestamp(record["last_seen_at"])
     if record["resolved_at"] is not None:

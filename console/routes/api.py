@@ -84,7 +84,7 @@ def list_job_escalations(job_id: str):
 @api_auth(founder=False)
 def create_escalation(job_id: str):
     data = parse(EscalationCreate, json_body())
-    escalation, created = escalation_service.create_escalation(job_id, data)
+    escalation, created = escalation_service.create_escalation(job_id, data, principal=g.principal)
     return json_response(escalation_json_bytes(escalation), 201 if created else 200)
 
 
@@ -111,7 +111,8 @@ def resolve_escalation(escalation_id: str):
 @api_auth(founder=False)
 def skip_escalation(escalation_id: str):
     data = parse(SkipRequest, json_body(required=False))
-    return json_response(escalation_json_bytes(escalation_service.skip_escalation(escalation_id, data.reason)))
+    return json_response(escalation_json_bytes(escalation_service.skip_escalation(
+        escalation_id, data.reason, principal=g.principal)))
 
 
 # --- the job event log -----------------------------------------------------------------------
@@ -120,7 +121,8 @@ def skip_escalation(escalation_id: str):
 @api_auth(founder=False)
 def post_job_event(job_id: str):
     data = parse(EventCreate, json_body())
-    event = job_service.post_job_event(job_id, data.type, data.founder_id, data.project_id, data.payload)
+    event = job_service.post_job_event(job_id, data.type, data.founder_id, data.project_id, data.payload,
+                                       principal=g.principal)
     return jsonify(event_envelope(event)), 201
 
 

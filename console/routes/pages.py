@@ -16,7 +16,7 @@ from ..auth import Principal, current_founder_id, end_console_session, start_con
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..events import event_envelope
 from ..live import console_frame, describe_event, latest_event_id, time_ago
-from ..models import escalation_option
+from ..models import VIA_CONSOLE, escalation_option
 from ..realtime import founder_event_stream, job_event_stream
 from ..routes.stream import resume_point, sse_response
 from ..schemas import ResolveRequest, parse
@@ -157,7 +157,7 @@ def resolve(escalation_id: str):
     try:
         data = parse(ResolveRequest, {"decision": decision or "", "guidance": guidance})
         resolved = escalation_service.resolve_escalation(escalation_id, current_founder_id(), data.decision,
-                                                         data.guidance)
+                                                         data.guidance, via=VIA_CONSOLE)
     except ValidationFailed as error:
         current = escalation_service.get_escalation(escalation_id, founder())  # 404 for a foreign id
         errors = {e.field.split(".")[0]: e.message for e in error.errors}

@@ -21,6 +21,7 @@ import json
 import uuid
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import BigInteger, Row, Select, bindparam, column, func, select, text, tuple_, update
 
 from ..auth import AGENT, Principal
@@ -28,7 +29,10 @@ from ..database import read_rows, write_transaction
 from ..errors import Conflict, FieldError, NotFound, ValidationFailed
 from ..events import NOTIFY_CHANNEL, SSEEventType, announce, founder_lock_sql, record_event
 from ..extensions import db
-from ..models import PENDING, RESOLVED, SKIPPED, AgentEscalation, escalation_option, utcnow
+from ..models import (
+    BY_AGENT, BY_EXPIRY, BY_FOUNDER, EXPIRED, PENDING, RESOLVED, SKIPPED, VIA_API, AgentEscalation, escalation_option,
+    utcnow,
+)
 from ..schemas import EscalationCreate
 from ..signatures import error_signature
 from .jobs import check_job_id, claim_job, dialect_insert, possible_job_id
@@ -41,15 +45,20 @@ Escalation = Row  # one agent_escalations row, as services return it (see the mo
 
 # --- create ----------------------------------------------------------------------------------
 
-def create_escalation(job_id: str, data: EscalationCreate) -> tuple[Escalation, bool]:
+def create_escalation(job_id: str, data: EscalationCreate, *,
+                      principal: Principal = AGENT) -> tuple[Escalation, bool]:
     """Open an escalation, or count another occurrence of the pending one with the same
     job and error signature. Returns (escalation, created). Race-safe: concurrent identical
-    creates collapse into one row by the partial unique index."""
+    creates collapse into one row by the partial unique index. A job-scoped agent may
+    create only in its job, for its founder (Forbidden otherwise)."""
+    principal.check_may_write(job_id, data.founder_id)
     check_job_id(job_id)
     signature = data.error_signature
     if signature is None:
         signature = error_signature(data.project_id, data.error_type, data.error_message or "")
+    options = [option.model_dump(exclude_none=True) for option in data.options]
     now = utcnow()
+    deadline = _deadline(data, options, now)
     new_id = uuid.uuid4()
     upsert = (
         dialect_insert(ESCALATIONS)
@@ -57,9 +66,8 @@ def create_escalation(job_id: str, data: EscalationCreate) -> tuple[Escalation, 
             id=new_id, session_id=data.session_id, job_id=job_id, project_id=data.project_id,
             founder_id=data.founder_id, error_type=data.error_type, error_signature=signature,
             plain_english_problem=data.plain_english_problem, recommended_action=data.recommended_action,
-            attempts_summary=list(data.attempts_summary),
-            options=[option.model_dump(exclude_none=True) for option in data.options],
-            status=PENDING, occurrences=1, created_at=now, last_seen_at=now,
+            attempts_summary=list(data.attempts_summary), options=options,
+            status=PENDING, occurrences=1, created_at=now, last_seen_at=now, **deadline,
         )
         .on_conflict_do_update(
             index_elements=["job_id", "error_signature"],
@@ -82,6 +90,31 @@ def create_escalation(job_id: str, data: EscalationCreate) -> tuple[Escalation, 
     return escalation, created
 
 
+def _deadline(data: EscalationCreate, options: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any]:
+    """expires_at, on_expiry and reminder_at of a new escalation (SPEC §10): the deadline
+    from `expires_in` (or CONSOLE_DEFAULT_EXPIRES_IN), the reminder at three quarters of
+    it, and the option applied then — the agent's `on_expiry`, which must be an option that
+    needs no guidance, else the recommended option when it needs none."""
+    on_expiry = data.on_expiry
+    if on_expiry is not None:
+        option = next((o for o in options if o["value"] == on_expiry), None)
+        if option is None:
+            allowed = ", ".join(o["value"] for o in options) or "none: this escalation has no options"
+            raise ValidationFailed([FieldError("on_expiry", f"{on_expiry!r} is not one of the options ({allowed}).")])
+        if on_expiry == PROVIDE_GUIDANCE or option.get("requires_guidance"):
+            raise ValidationFailed([FieldError(
+                "on_expiry", f"{on_expiry!r} needs guidance, which nobody writes when nobody answers; "
+                             "choose an option that needs none.")])
+    expires_in = data.expires_in if data.expires_in is not None else current_app.config.get("DEFAULT_EXPIRES_IN")
+    if not expires_in:
+        return {"expires_at": None, "on_expiry": on_expiry, "reminder_at": None}
+    if on_expiry is None:
+        on_expiry = next((o["value"] for o in options if o.get("recommended") and not o.get("requires_guidance")
+                          and o["value"] != PROVIDE_GUIDANCE), None)
+    return {"expires_at": now + dt.timedelta(seconds=expires_in), "on_expiry": on_expiry,
+            "reminder_at": now + dt.timedelta(seconds=expires_in * 3 / 4)}
+
+
 # --- read ------------------------------------------------------------------------------------
 
 def _parse_id(escalation_id: str | uuid.UUID) -> uuid.UUID | None:
@@ -97,13 +130,14 @@ _BY_ID = select(ESCALATIONS).where(ESCALATIONS.c.id == bindparam("id"))
 
 
 def find_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> Escalation | None:
-    """The escalation if it exists and the caller may see it (agents: any; founders: their own)."""
+    """The escalation if it exists and the caller may see it (`Principal.sees`: the
+    orchestrator any; a scoped agent its job's; founders their own)."""
     parsed = _parse_id(escalation_id)
     if parsed is None:
         return None
     rows = read_rows(_BY_ID, {"id": parsed})
     escalation = rows[0] if rows else None
-    if escalation is None or (not principal.is_agent and escalation.founder_id != principal.founder_id):
+    if escalation is None or not principal.sees(escalation.founder_id, escalation.job_id):
         return None
     return escalation
 
@@ -128,10 +162,11 @@ def _job_escalations_query(of_founder: bool, with_status: bool) -> Select:
 
 
 def list_job_escalations(job_id: str, principal: Principal, status: str | None = None) -> list[Escalation]:
-    """A job's escalations, newest first ([] for an unknown or foreign job)."""
-    if not possible_job_id(job_id):
+    """A job's escalations, newest first ([] for an unknown or foreign job). Everything
+    but the orchestrator sees only its founder's (`Principal.sees`, in SQL)."""
+    if not possible_job_id(job_id) or not principal.sees_job(job_id):
         return []
-    query = _job_escalations_query(not principal.is_agent, bool(status))
+    query = _job_escalations_query(not principal.is_orchestrator, bool(status))
     return read_rows(query, {"job_id": job_id, "founder_id": principal.founder_id, "status": status})
 
 
@@ -178,10 +213,10 @@ def list_founder_escalations(founder_id: str, *, status: str | None = None, proj
 
 
 def recently_decided(founder_id: str, limit: int) -> list[Escalation]:
-    """The founder's resolved and skipped escalations, most recently decided first."""
+    """The founder's settled escalations (resolved, skipped, expired), most recently settled first."""
     columns = ESCALATIONS.c
     query = (select(ESCALATIONS)
-             .where(columns.founder_id == founder_id, columns.status.in_([RESOLVED, SKIPPED]))
+             .where(columns.founder_id == founder_id, columns.status.in_([RESOLVED, SKIPPED, EXPIRED]))
              .order_by(columns.resolved_at.desc(), columns.id.desc()).limit(limit))
     return read_rows(query)
 
@@ -218,6 +253,12 @@ def _check_decision(escalation: Escalation, decision: str, guidance: str | None)
 def _describe_settled(escalation: Escalation) -> str:
     if escalation.status == SKIPPED:
         return "The agent withdrew this question, so there is nothing left to decide."
+    if escalation.status == EXPIRED:
+        return "Nobody answered in time: this question expired without a decision, and the agent has moved on."
+    if escalation.decided_by == BY_EXPIRY:
+        chosen = (escalation_option(escalation, escalation.founder_decision) or {}).get("label")
+        return (f"Nobody answered in time, so the agent went ahead with its safe default "
+                f"(“{chosen or escalation.founder_decision}”). It cannot be changed now.")
     option = escalation_option(escalation, escalation.founder_decision)
     chosen = option["label"] if option else escalation.founder_decision
     return f"This was already decided (“{chosen}”), perhaps in another tab. A decision cannot be changed."
@@ -225,14 +266,14 @@ def _describe_settled(escalation: Escalation) -> str:
 
 def _already_settled(escalation: Escalation, decision: str, guidance: str | None) -> Escalation:
     """A retry of the very same decision is a success; anything else is a conflict."""
-    if (escalation.status == RESOLVED and escalation.founder_decision == decision
-            and escalation.founder_guidance == guidance):
+    if (escalation.status == RESOLVED and escalation.decided_by == BY_FOUNDER
+            and escalation.founder_decision == decision and escalation.founder_guidance == guidance):
         return escalation
     raise Conflict(_describe_settled(escalation), escalation)
 
 
 def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision: str | None,
-                       guidance: str | None) -> Escalation:
+                       guidance: str | None, *, via: str = VIA_API) -> Escalation:
     """The founder's decision. Only the owner may decide (others get NotFound); the
     decision must be one of the options; guidance is stripped (blank → None) and required
     for `provide_guidance` and options that say so. The first decision wins: it is one
@@ -244,9 +285,9 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
     decision = (decision or "").strip()
     guidance = (guidance or "").strip() or None
     if db.engine.dialect.name == "postgresql":
-        won = _resolve_in_one_statement(parsed, founder_id, decision, guidance)
+        won = _resolve_in_one_statement(parsed, founder_id, decision, guidance, via)
     else:
-        won = _resolve_in_transaction(parsed, founder_id, decision, guidance)
+        won = _resolve_in_transaction(parsed, founder_id, decision, guidance, via)
     if won is not None:
         return won
     # Nothing changed: the record is missing or foreign (404), the decision is not valid
@@ -256,7 +297,7 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
         raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     if current.status == PENDING:
         _check_decision(current, decision, guidance)  # says what is wrong with the decision
-        won = _resolve_in_transaction(parsed, founder_id, decision, guidance)
+        won = _resolve_in_transaction(parsed, founder_id, decision, guidance, via)
         if won is not None:
             return won
         current = get_escalation(parsed, Principal("founder", founder_id))
@@ -264,7 +305,7 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
 
 
 def _resolve_in_transaction(escalation_id: uuid.UUID, founder_id: str, decision: str,
-                            guidance: str | None) -> Escalation | None:
+                            guidance: str | None, via: str) -> Escalation | None:
     """The decision as a transaction of two statements (SQLite; and the fallback): the
     conditional UPDATE, checked against the options it returns (an invalid decision rolls
     it back), then the event. None when the escalation is not pending (or not theirs)."""
@@ -273,7 +314,8 @@ def _resolve_in_transaction(escalation_id: uuid.UUID, founder_id: str, decision:
             update(ESCALATIONS)
             .where(ESCALATIONS.c.id == escalation_id, ESCALATIONS.c.founder_id == founder_id,
                    ESCALATIONS.c.status == PENDING)
-            .values(status=RESOLVED, founder_decision=decision, founder_guidance=guidance, resolved_at=utcnow())
+            .values(status=RESOLVED, founder_decision=decision, founder_guidance=guidance, resolved_at=utcnow(),
+                    decided_by=BY_FOUNDER, decided_via=via)
             .returning(*ESCALATIONS.c)
         ).one_or_none()
         if won is not None:
@@ -283,19 +325,20 @@ def _resolve_in_transaction(escalation_id: uuid.UUID, founder_id: str, decision:
 
 
 def _resolve_in_one_statement(escalation_id: uuid.UUID, founder_id: str, decision: str,
-                              guidance: str | None) -> Escalation | None:
+                              guidance: str | None, via: str) -> Escalation | None:
     """PostgreSQL: the whole decision in one autocommit statement, one round trip (what
     the ceiling in ../shared/peers does): the conditional UPDATE whose WHERE also checks
     the decision against the options, the founder's event-ordering lock, the event and its
     NOTIFY. None when nothing matched; the caller then tells why."""
     resolved_at = utcnow()
     payload = {"escalation_id": str(escalation_id), "status": RESOLVED, "resolution": decision,
-               "guidance": guidance, "resolved_at": resolved_at.isoformat()}
+               "guidance": guidance, "resolved_at": resolved_at.isoformat(), "decided_by": BY_FOUNDER,
+               "decided_via": via}
     with db.engine.begin() as connection:  # the engine autocommits: no BEGIN, no COMMIT round trip
         won = connection.execute(_RESOLVE_ONE_STATEMENT, {
             "id": escalation_id, "founder_id": founder_id, "decision": decision, "guidance": guidance,
             "resolved_at": resolved_at, "payload": json.dumps(payload), "type": SSEEventType.AGENT_ESCALATION_RESOLVED,
-            "provide_guidance": PROVIDE_GUIDANCE, "channel": NOTIFY_CHANNEL,
+            "provide_guidance": PROVIDE_GUIDANCE, "channel": NOTIFY_CHANNEL, "by": BY_FOUNDER, "via": via,
         }).one_or_none()
     if won is None:
         return None
@@ -308,7 +351,7 @@ _RESOLVE_ONE_STATEMENT = text(f"""
     WITH won AS (
         UPDATE agent_escalations
            SET status = 'resolved', founder_decision = :decision, founder_guidance = :guidance,
-               resolved_at = :resolved_at
+               resolved_at = :resolved_at, decided_by = :by, decided_via = :via
          WHERE id = :id AND founder_id = :founder_id AND status = 'pending'
            AND CAST(:decision AS TEXT) <> ''
            AND (jsonb_array_length(options) = 0
@@ -335,8 +378,13 @@ _RESOLVE_ONE_STATEMENT = text(f"""
 """).columns(*ESCALATIONS.c, column("event_id", BigInteger))
 
 
-def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None) -> Escalation:
-    """The agent withdraws its question. Skipping twice is fine; a decided one is a conflict."""
+def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None, *,
+                    principal: Principal = AGENT) -> Escalation:
+    """The agent withdraws its question. Skipping twice is fine; a decided one is a conflict.
+    A job-scoped agent may skip only escalations it can see (NotFound otherwise)."""
+    if not principal.is_orchestrator:
+        visible = get_escalation(escalation_id, principal)
+        principal.check_may_write(visible.job_id, visible.founder_id)
     parsed = _parse_id(escalation_id)
     if parsed is None:
         raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
@@ -345,7 +393,7 @@ def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None) -
         won = db.session.execute(
             update(ESCALATIONS)
             .where(ESCALATIONS.c.id == parsed, ESCALATIONS.c.status == PENDING)
-            .values(status=SKIPPED, resolved_at=utcnow())
+            .values(status=SKIPPED, resolved_at=utcnow(), decided_by=BY_AGENT, decided_via=None)
             .returning(*ESCALATIONS.c)
         ).one_or_none()
         if won is not None:
@@ -370,4 +418,6 @@ def _resolution_payload(escalation: Escalation) -> dict[str, Any]:
         if escalation.status == RESOLVED else None,
         "guidance": escalation.founder_guidance,
         "resolved_at": escalation.resolved_at.isoformat() if escalation.resolved_at else None,
+        "decided_by": escalation.decided_by,
+        "decided_via": escalation.decided_via,
     }

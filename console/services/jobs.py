@@ -8,7 +8,7 @@ from sqlalchemy import Row, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ..auth import Principal
+from ..auth import AGENT, Principal
 from ..database import write_transaction
 from ..errors import Conflict, FieldError, ValidationFailed
 from ..database import read_rows
@@ -77,17 +77,20 @@ def claim_job(job_id: str, founder_id: str, project_id: str | None) -> None:
 
 
 def job_visible_to(job_id: str, principal: Principal) -> bool:
-    """Agents see every job; a founder sees the jobs they own. Unknown jobs are invisible (to
-    agents too: the stream of an unknown job is 404, SPEC §6)."""
-    if not possible_job_id(job_id):
+    """The orchestrator sees every job; a scoped agent its own job (if its founder owns it);
+    a founder the jobs they own (`Principal.sees`). Unknown jobs are invisible (to agents
+    too: the stream of an unknown job is 404, SPEC §6)."""
+    if not possible_job_id(job_id) or not principal.sees_job(job_id):
         return False
     owner = _known_owners().get(job_id) or _read_owner(job_id)
-    return owner is not None and (principal.is_agent or owner == principal.founder_id)
+    return owner is not None and principal.sees(owner, job_id)
 
 
 def post_job_event(job_id: str, event_type: str, founder_id: str, project_id: str | None,
-                   payload: dict[str, Any]) -> StoredEvent:
-    """An agent-posted event (type already checked against the vocabulary)."""
+                   payload: dict[str, Any], *, principal: Principal = AGENT) -> StoredEvent:
+    """An agent-posted event (type already checked against the vocabulary). A job-scoped
+    agent may post only in its job, for its founder (Forbidden otherwise)."""
+    principal.check_may_write(job_id, founder_id)
     check_job_id(job_id)
     if project_id is not None:
         payload = {**payload, "project_id": project_id}
