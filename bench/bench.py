@@ -4,17 +4,24 @@ What it does, in order, all on 127.0.0.1:
 
 1. creates a throw-away PostgreSQL database, migrates it (`flask --app console db upgrade`)
    and seeds it (10k escalations by default: bulk rows over 1000 founders x 5 jobs, plus
-   fixed-size fixtures that the measured requests read, identical at every scale);
-2. serves the console and the floor (bench/floor_app.py) the way production does:
-   `gunicorn -w 2 -k gthread --threads 8 --no-control-socket ...`;
+   fixed-size fixtures that the measured requests read, identical at every scale), plus the
+   peers' `bench_peer_events` table;
+2. serves three contenders on that database: the console the way production serves it
+   (`gunicorn -c python:console.gunicorn_conf`: gevent, 2 workers, reuse_port) and the two
+   yardsticks of ../shared/peers, each from a virtual environment of its own made on demand in
+   bench/.peers/: `ceiling` (bare Flask + psycopg pool, gunicorn 2 x 8 gthread) and
+   `seedstack` (FastAPI + async SQLAlchemy, uvicorn --workers 2);
 3. drives each endpoint with wrk (bench/lua/requests.lua replaying pre-rendered requests),
-   alternating the contenders in rounds (A B A B ...) so that drift cancels;
-4. measures event latency: resolve on one gunicorn instance, receive
+   rotating the contenders' order every round (A B C, B C A, C A B, ...) so that drift falls
+   on all; get / list / resolve on all three, the console-only endpoints on the console;
+4. measures event latency: resolve on one console instance, receive
    `agent.escalation_resolved` on an SSE stream of another;
-5. with --scale: seeds a second database with 1M rows and alternates console@10k with
-   console@1M for get / list / inbox / resolve; prints EXPLAIN (ANALYZE, BUFFERS) of the
-   main queries, captured from the app's own SQLAlchemy statements;
-6. prints a table and writes bench/results/latest.json and bench/results/latest.md.
+5. measures CPU per request in-process (console vs ceiling, through their WSGI apps);
+6. with --scale: seeds a second database with 1M rows and alternates console@10k with
+   console@1M for get / list / inbox / resolve (the ceiling as a control for resolve);
+   prints EXPLAIN (ANALYZE, BUFFERS) of the main queries, captured from the app's own
+   SQLAlchemy statements;
+7. prints a table and writes bench/results/latest.json and bench/results/latest.md.
 
 Every process it starts is stopped at the end (finally + signal handlers); every loop is
 bounded in count and time; the databases are dropped unless --keep-db.
@@ -24,6 +31,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import http.client
+import importlib
+import importlib.util
 import itertools
 import json
 import math
@@ -53,9 +62,36 @@ RESULTS = BENCH / "results"
 LUA = BENCH / "lua" / "requests.lua"
 HOST = "127.0.0.1"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-# --reuse-port: the kernel spreads connections over both workers (without it one worker often
-# accepts every keep-alive connection of wrk and the other idles, for either contender).
-GUNICORN_ARGS = ["-w", "2", "-k", "gthread", "--threads", "8", "--no-control-socket", "--reuse-port"]
+# The console contender, served with its production settings (console/gunicorn_conf.py: gevent
+# workers, 2 of them, reuse_port, no control socket). {bind} and {app} are filled in per server.
+CONSOLE_COMMAND = ["gunicorn", "-c", "python:console.gunicorn_conf", "-b", "{bind}", "{app}"]
+
+# The yardsticks (../shared/peers/README.md), each run from a virtual environment of its own in
+# bench/.peers/ (created on demand, reused while its requirements are unchanged). Additions to the
+# peers' own commands: the address; --reuse-port for the ceiling (the console has it too: without
+# it one gthread worker often accepts every keep-alive connection of wrk and the other idles);
+# --no-access-log for uvicorn (neither gunicorn writes an access log).
+PEERS_VENVS = BENCH / ".peers"
+PEER_REQUIREMENTS = {
+    "ceiling": ["flask", "gunicorn", "psycopg[binary,pool]", "PyJWT"],
+    "seedstack": ["fastapi", "uvicorn[standard]", "pydantic", "sqlalchemy[asyncio]", "asyncpg", "PyJWT"],
+}
+PEER_COMMANDS = {
+    "ceiling": ["gunicorn", "-w", "2", "-k", "gthread", "--threads", "8", "--reuse-port",
+                "--chdir", "{peers}/ceiling", "-b", "{bind}", "app:create_app()"],
+    "seedstack": ["uvicorn", "--app-dir", "{peers}/seedstack", "app:app", "--workers", "2", "--no-access-log",
+                  "--host", "{host}", "--port", "{port}"],
+}
+PEER_POOL_SIZE = 8  # BENCH_POOL_SIZE: connections per peer process (= the ceiling's --threads)
+PEERS = ("ceiling", "seedstack")
+# The console's throughput at least TARGET x the peer's (peers/README.md), per endpoint.
+TARGETS = {"ceiling": 0.7, "seedstack": 1.5}
+COMPARED = ("get", "list", "resolve")
+PEER_EVENTS_SQL = """
+    CREATE TABLE IF NOT EXISTS bench_peer_events (
+        id bigserial PRIMARY KEY, job_id varchar(255) NOT NULL, founder_id varchar(255) NOT NULL,
+        type varchar(64) NOT NULL, payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())
+"""
 
 OPTIONS = [
     {"value": "retry", "label": "Retry with a clean cache",
@@ -105,7 +141,7 @@ class Processes:
         self.procs.append((name, proc))
         return proc
 
-    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    def stop(self, proc: subprocess.Popen, timeout: float = 15.0) -> None:
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)  # our own group: the process started above
@@ -133,35 +169,114 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, port: int, proc: subprocess.Popen):
-        self.name, self.port, self.proc = name, port, proc
+    def __init__(self, name: str, port: int, proc: subprocess.Popen, argv: list[str] | None = None):
+        self.name, self.port, self.proc, self.argv = name, port, proc, argv or []
 
     @property
     def base(self) -> str:
         return f"http://{HOST}:{self.port}"
 
 
-def start_gunicorn(procs: Processes, name: str, app: str, env: dict, *, chdir: Path | None = None) -> Server:
-    port = free_port()
-    argv = [str(VENV_BIN / "gunicorn"), *GUNICORN_ARGS, "-b", f"{HOST}:{port}", "--graceful-timeout", "5"]
-    if chdir is not None:
-        argv += ["--chdir", str(chdir)]
-    argv.append(app)
+def _fill(argv: list[str], **values: str) -> list[str]:
+    return [a.format(**values) for a in argv]
+
+
+def console_argv(app: str, port: int) -> list[str]:
+    argv = _fill(CONSOLE_COMMAND, bind=f"{HOST}:{port}", app=app)
+    return [str(VENV_BIN / argv[0]), *argv[1:]]
+
+
+def peer_argv(peer: str, venv: Path, peers: Path, port: int) -> list[str]:
+    argv = _fill(PEER_COMMANDS[peer], bind=f"{HOST}:{port}", host=HOST, port=str(port), peers=str(peers))
+    argv = [str(venv / "bin" / argv[0]), *argv[1:]]
+    if argv[0].endswith("gunicorn") and _gunicorn_has_control_socket(argv[0]):
+        argv.insert(1, "--no-control-socket")  # newer gunicorns open one in ~/.gunicorn: one per server
+    return argv
+
+
+def _gunicorn_has_control_socket(gunicorn: str) -> bool:
+    out = subprocess.run([gunicorn, "--help"], capture_output=True, text=True, timeout=60).stdout
+    return "--no-control-socket" in out
+
+
+def start_server(procs: Processes, name: str, argv: list[str], port: int, env: dict, *, ready_path: str = "/healthz",
+                 ready_statuses: tuple[int, ...] = (200,), workers: int = 2, timeout: float = 60) -> Server:
+    """Start `argv` (serving on `port`) and wait until it answers `ready_path` with one of
+    `ready_statuses` and its master has `workers` children."""
     proc = procs.start(name, argv, env)
-    deadline = time.monotonic() + 30
+    server = Server(name, port, proc, argv)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if STOP.is_set():
+            raise KeyboardInterrupt
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited at start; see {procs.workdir / (name + '.log')}")
         try:
             conn = http.client.HTTPConnection(HOST, port, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return Server(name, port, proc)
+            conn.request("GET", ready_path)
+            status = conn.getresponse().status
+            conn.close()
+            if status in ready_statuses and len(worker_pids(server)) >= workers:
+                return server
         except OSError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"{name} did not answer /healthz within 30 s")
+    raise RuntimeError(f"{name} was not ready within {timeout:.0f} s; see {procs.workdir / (name + '.log')}")
+
+
+def start_console(procs: Processes, name: str, app: str, env: dict) -> Server:
+    if not app.startswith("console:"):  # a wrapper module of one's own, in bench/
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))}
+    port = free_port()
+    return start_server(procs, name, console_argv(app, port), port, env)
+
+
+def start_peer(procs: Processes, name: str, peer: str, venv: Path, peers: Path, env: dict) -> Server:
+    env = {**env, "BENCH_PEER_EVENTS": "1", "BENCH_POOL_SIZE": str(PEER_POOL_SIZE),
+           "PATH": f"{venv / 'bin'}:{env.get('PATH', '')}", "VIRTUAL_ENV": str(venv)}
+    # The peers have no /healthz: any answer of the app itself (401 without a token) means it is up.
+    port = free_port()
+    return start_server(procs, name, peer_argv(peer, venv, peers, port), port, env,
+                        ready_path="/api/escalations/00000000-0000-0000-0000-000000000000", ready_statuses=(401,))
+
+
+# --- the peers' virtual environments ------------------------------------------------------------
+
+def peer_venv(peer: str) -> Path:
+    """bench/.peers/PEER-venv with PEER_REQUIREMENTS[peer]: reused when it was made with the same
+    requirements (a marker file says so), otherwise made afresh with the console venv's Python."""
+    venv = PEERS_VENVS / f"{peer}-venv"
+    marker = venv / ".bench-requirements"
+    wanted = "\n".join(PEER_REQUIREMENTS[peer]) + "\n"
+    if (venv / "bin" / "python").exists() and marker.exists() and marker.read_text() == wanted:
+        return venv
+    log(f"creating {venv.relative_to(ROOT)}: pip install {' '.join(PEER_REQUIREMENTS[peer])}")
+    shutil.rmtree(venv, ignore_errors=True)
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    *PEER_REQUIREMENTS[peer]], check=True, timeout=1200)
+    marker.write_text(wanted)
+    return venv
+
+
+def venv_versions(venv: Path, packages: list[str]) -> dict[str, str]:
+    names = [re.split(r"[\[<>=]", p)[0] for p in packages]
+    code = ("import importlib.metadata as m, json, sys, platform\n"
+            "out = {'python': platform.python_version()}\n"
+            "for n in sys.argv[1:]:\n"
+            "    try: out[n] = m.version(n)\n"
+            "    except m.PackageNotFoundError: out[n] = None\n"
+            "print(json.dumps(out))")
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", code, *names, *(["psycopg-pool"] if "psycopg" in names else [])],
+                          capture_output=True, text=True, timeout=60)
+    return json.loads(done.stdout) if done.returncode == 0 else {}
+
+
+def check_peers(peers: Path) -> None:
+    for peer in PEERS:
+        if not (peers / peer / "app.py").is_file():
+            raise SystemExit(f"bench/run: {peers / peer / 'app.py'} is missing (--peers names the peers' folder)")
 
 
 # --- database -------------------------------------------------------------------------------------
@@ -176,14 +291,30 @@ def create_database(name: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+# About the most connections a run holds at once: two consoles (2 workers x 10 pooled, plus up to
+# 16 more on the one under load, plus a LISTEN connection each) and two ceilings (2 x 8 each).
+CONNECTIONS_NEEDED = 90
+
+
+def free_connection_slots() -> int:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        return conn.execute("SELECT current_setting('max_connections')::int "
+                            "- current_setting('superuser_reserved_connections')::int "
+                            "- (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+                            ).fetchone()[0]
+
+
 def drop_database(name: str) -> None:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def migrate(env: dict) -> None:
+    """The console's migrations, then the table the peers write their events to."""
     subprocess.run([str(VENV_BIN / "flask"), "--app", "console", "db", "upgrade"], cwd=ROOT, env=env,
                    check=True, timeout=120, stdout=subprocess.DEVNULL)
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(PEER_EVENTS_SQL)
 
 
 ESCALATION_COLUMNS = ("id, session_id, job_id, project_id, founder_id, error_type, error_signature, "
@@ -304,8 +435,10 @@ def cleanup_writes(url: str) -> None:
         conn.execute("DELETE FROM agent_escalations WHERE founder_id IN (%s, %s)", (RESOLVER, CREATOR))
         conn.execute("DELETE FROM job_events WHERE job_id LIKE 'bench-resolve-job-%%' "
                      "OR job_id LIKE 'bench-create-job-%%'")
+        conn.execute("DELETE FROM bench_peer_events")
         conn.execute("VACUUM (ANALYZE) agent_escalations")
         conn.execute("VACUUM (ANALYZE) job_events")
+        conn.execute("VACUUM (ANALYZE) bench_peer_events")
 
 
 def sample_get_targets(url: str) -> list[tuple[str, str]]:
@@ -398,7 +531,7 @@ class ConsoleSession:
 def run_wrk(server: Server, request_file: Path, mode: str, duration: float, connections: int, threads: int) -> dict:
     per_thread = math.ceil(connections / threads)
     argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s", "--timeout", "10s",
-            "-s", str(LUA), server.base, "--", str(request_file), mode, str(per_thread)]
+            "-s", str(LUA), server.base, "--", str(request_file), mode, str(per_thread), str(threads)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
     if line is None:
@@ -419,7 +552,7 @@ class Endpoint:
 
 def summarise(runs: list[dict]) -> dict:
     return {
-        "rps": round(statistics.mean(r["rps"] for r in runs), 1),
+        "rps": round(statistics.median(r["rps"] for r in runs), 1),
         "server_cpu_ms_per_request": round(statistics.median(r["server_cpu_ms_per_request"] for r in runs), 3),
         "busiest_worker_share": [r["busiest_worker_share"] for r in runs],
         "rps_rounds": [round(r["rps"], 1) for r in runs],
@@ -442,10 +575,12 @@ def _merge_statuses(runs: list[dict]) -> dict:
 
 
 def measure(endpoint: Endpoint, contenders: list[tuple[str, Server, str]], args, workdir: Path) -> dict:
-    """Rounds A B A B ...: each round a short warm-up, then `duration` seconds of wrk."""
+    """Rounds A B C, B C A, C A B, ... (the order rotates every round, so that drift in the
+    machine's load falls on every contender): each a short warm-up, then `duration` s of wrk."""
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in contenders}
     for round_no in range(args.rounds):
-        order = contenders if round_no % 2 == 0 else list(reversed(contenders))
+        shift = round_no % len(contenders)
+        order = contenders[shift:] + contenders[:shift]
         for label, server, db in order:
             if STOP.is_set():
                 raise KeyboardInterrupt
@@ -701,34 +836,60 @@ def explain_plans(url: str, secrets_env: dict) -> list[dict]:
 # --- CPU cost per request, in-process (robust to a busy machine) ------------------------------
 
 def _load_factory(spec: str):
-    import importlib  # noqa: PLC0415
-
     module, _, call = spec.partition(":")
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
     return getattr(importlib.import_module(module), call.removesuffix("()"))
 
 
+def ceiling_factory(peers: Path, venv: Path, pools: list):
+    """create_app of the ceiling (peers/ceiling/app.py), importable in this process: its only
+    package the console's venv lacks, psycopg_pool (pure Python), comes from the ceiling's venv,
+    put at the end of sys.path (everything else still resolves to the console's venv first).
+    The pools it opens are appended to `pools`, to be closed by the caller."""
+    try:
+        import psycopg_pool  # noqa: F401, PLC0415
+    except ImportError:
+        tag = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        site = venv / "lib" / tag / "site-packages"
+        if not (site / "psycopg_pool").is_dir():
+            raise RuntimeError(f"no psycopg_pool for {tag} in {venv}") from None
+        sys.path.append(str(site))
+    spec = importlib.util.spec_from_file_location("bench_peer_ceiling", peers / "ceiling" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class RecordedPool(module.ConnectionPool):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            pools.append(self)
+
+    module.ConnectionPool = RecordedPool
+    return module.create_app
+
+
 COST_BLOCKS = 20  # blocks per contender and endpoint; the cheapest block counts
 COST_BLOCK_SIZES = {"get": 75, "list": 25, "resolve": 20}
 
 
-def cpu_cost(url: str, secrets_env: dict, contenders: dict[str, str], tokens: Tokens,
+def cpu_cost(url: str, secrets_env: dict, contenders: dict, tokens: Tokens,
              get_targets: list[tuple[str, str]]) -> dict:
     """Single-threaded, through each app's WSGI test client (no HTTP server): CPU and wall
     microseconds per request of get / list / resolve. The contenders alternate in short
     blocks (A B, B A, ...) and each reports its cheapest block: on a shared machine a
     block is only ever slowed down by others (steal, frequency), never sped up, so the
     minimum is the steadiest figure of what the code itself costs."""
-    saved = {k: os.environ.get(k) for k in (*secrets_env, "DATABASE_URL")}
-    os.environ.update(secrets_env, DATABASE_URL=url)
+    # BENCH_*: the ceiling's settings (events stored and NOTIFYed; one thread needs few connections).
+    extra = {"DATABASE_URL": url, "BENCH_PEER_EVENTS": "1", "BENCH_POOL_SIZE": "2"}
+    saved = {k: os.environ.get(k) for k in (*secrets_env, *extra)}
+    os.environ.update(secrets_env, **extra)
     founder_auth = {"Authorization": f"Bearer {tokens.founder(LIST_FOUNDER)}"}
     resolver_auth = {"Authorization": f"Bearer {tokens.founder(RESOLVER)}"}
     body = {"decision": "retry", "guidance": "Go ahead."}
     calls: dict[str, dict] = {}
     try:
-        for label, spec in contenders.items():
-            client = _load_factory(spec)().test_client()
+        for label, factory in contenders.items():  # label -> create_app
+            client = factory().test_client()
             pool = resolve_pool(url, (COST_BLOCKS + 1) * COST_BLOCK_SIZES["resolve"] + 10,
                                 f"cost-{label}-{secrets.token_hex(3)}")
             counter = itertools.count()
@@ -831,19 +992,41 @@ def endpoints(tokens: Tokens, sessions: dict, get_targets: dict, args) -> list[E
     ]
 
 
+def compare(console: dict, peer: dict, target: float) -> dict:
+    """console ÷ peer: of the medians, and per round (each console round ran in the same round as
+    the peer's, so both saw about the same background load; their median is the figure the
+    target is judged on)."""
+    pairs = [c["rps"] / p["rps"] for c, p in zip(console["runs"], peer["runs"]) if p["rps"]]
+    paired = statistics.median(pairs) if pairs else None
+    return {"ratio": round(console["rps"] / peer["rps"], 3) if peer["rps"] else None,
+            "ratio_pairs": [round(r, 3) for r in pairs],
+            "ratio_median_of_pairs": round(paired, 3) if paired is not None else None,
+            "target": target, "met": paired is not None and paired >= target}
+
+
+def _shown(argv: list[str]) -> str:
+    """A command line as the report shows it: paths inside the repository relative to it."""
+    return " ".join(a.replace(str(ROOT) + "/", "") for a in argv) if argv else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", action="store_true", help="also seed 1M rows and compare p50 at 1M vs 10k")
     parser.add_argument("--rows", type=int, default=10_000, help="rows of the main database (default 10000)")
     parser.add_argument("--scale-rows", type=int, default=1_000_000, help="rows of the --scale database")
     parser.add_argument("--duration", type=int, default=8, help="seconds of wrk per round (default 8)")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up before each round")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up before each round (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per contender (default 3)")
-    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: two cores only)")
+    parser.add_argument("-c", "--connections", type=int, default=32,
+                        help="wrk connections (default 32, as peers/README.md asks)")
+    parser.add_argument("-t", "--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--sse-samples", type=int, default=250, help="event-latency samples (default 250)")
     parser.add_argument("--only", default="", help="comma-separated parts to run (get,list,resolve,inbox,"
                                                    "create,console_resolve,sse,cost); default all")
+    parser.add_argument("--peers", type=Path, default=ROOT.parent / "shared" / "peers",
+                        help="the peers' folder, with ceiling/app.py and seedstack/app.py (default ../shared/peers)")
+    parser.add_argument("--contenders", default="console,ceiling,seedstack",
+                        help="comma-separated contenders (default console,ceiling,seedstack; the console always runs)")
     parser.add_argument("--write-rps-guess", type=float, default=2500.0, help=argparse.SUPPRESS)
     parser.add_argument("--profile", nargs="?", const="wall", choices=("wall", "gil"),
                         help="py-spy the console workers during its rounds (bench/results/profile/): wall = "
@@ -851,14 +1034,26 @@ def main() -> int:
                              "(where the CPU goes). Profiling slows the run: its numbers are not the benchmark's")
     parser.add_argument("--console-app", default="console:create_app()",
                         help="gunicorn app spec of the console contender (default 'console:create_app()'; "
-                             "a wrapper of your own measures a change before making it)")
+                             "a wrapper module of your own in bench/ measures a change before making it)")
     parser.add_argument("--keep-db", action="store_true", help="keep the databases (names are printed)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/latest.*")
     args = parser.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()}
+    wanted = {s.strip() for s in args.contenders.split(",") if s.strip()}
+    if wanted - {"console", *PEERS}:
+        parser.error(f"unknown contenders: {', '.join(sorted(wanted - {'console', *PEERS}))}")
+    peers_wanted = [p for p in PEERS if p in wanted]
 
     if not shutil.which("wrk"):
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    args.peers = args.peers.resolve()
+    if peers_wanted:
+        check_peers(args.peers)
+    try:
+        venvs = {peer: peer_venv(peer) for peer in peers_wanted}
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        print(f"bench/run: could not make a peer's virtual environment in {PEERS_VENVS}: {error}", file=sys.stderr)
         return 2
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
@@ -871,6 +1066,7 @@ def main() -> int:
     main_db = f"bench_console_{os.getpid()}"
     scale_db = f"bench_console_{os.getpid()}_scale"
     databases = [main_db]
+    ceiling_pools: list = []
 
     def on_signal(signum, _frame):
         STOP.set()
@@ -880,7 +1076,8 @@ def main() -> int:
     signal.signal(signal.SIGHUP, on_signal)
 
     def env_for(db: str) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSOLE_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("CONSOLE_", "BENCH_")) and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
         env.update(secrets_env, DATABASE_URL=db_url(db), PYTHONUNBUFFERED="1")
         env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
         return env
@@ -888,13 +1085,22 @@ def main() -> int:
     report: dict = {
         "command": "bench/run " + " ".join(sys.argv[1:]),
         "started_at": started_at.isoformat(timespec="seconds"),
-        "machine": {"loadavg_start": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "setup": {"gunicorn": " ".join(GUNICORN_ARGS), "console_app": args.console_app, "wrk": f"-t{args.threads} -c{args.connections} "
-                  f"-d{args.duration}s (+{args.warmup}s warm-up) x {args.rounds} rounds per contender",
-                  "floor": "bench/floor_app.py (Flask + psycopg, "
-                           + ("psycopg_pool" if _has_pool() else "one connection per thread") + ")"},
+        "machine": {"loadavg_start": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+                    "python": platform.python_version(), "platform": platform.platform()},
+        "setup": {"console_app": args.console_app, "contenders": ["console", *peers_wanted],
+                  "wrk": f"-t{args.threads} -c{args.connections} -d{args.duration}s (+{args.warmup}s warm-up) x "
+                         f"{args.rounds} rounds per contender",
+                  "peers": str(args.peers), "peer_pool_size": PEER_POOL_SIZE,
+                  "versions": {"console": venv_versions(ROOT / ".venv", ["flask", "gunicorn", "gevent", "psycopg",
+                                                                          "sqlalchemy", "PyJWT"]),
+                               **{peer: venv_versions(venvs[peer], PEER_REQUIREMENTS[peer]) for peer in peers_wanted}}},
     }
     try:
+        free = free_connection_slots()
+        report["machine"]["postgres_free_connections_start"] = free
+        if free < CONNECTIONS_NEEDED:
+            log(f"warning: PostgreSQL has {free} free connection slots; a run can use up to ~{CONNECTIONS_NEEDED} "
+                "(others' tests share the server): requests may answer 503 (see the responses columns)")
         log(f"database {main_db}: migrate and seed {args.rows:,} rows")
         create_database(main_db)
         migrate(env_for(main_db))
@@ -902,10 +1108,12 @@ def main() -> int:
         log(f"  {report['dataset']['main']}")
         get_targets = {main_db: sample_get_targets(db_url(main_db))}
 
-        app_dir = None if args.console_app.startswith("console:") else BENCH
-        console = start_gunicorn(procs, "console", args.console_app, env_for(main_db), chdir=app_dir)
-        floor = start_gunicorn(procs, "floor", "floor_app:create_app()", env_for(main_db), chdir=BENCH)
-        log(f"console on :{console.port}, floor on :{floor.port}")
+        console = start_console(procs, "console", args.console_app, env_for(main_db))
+        servers = {"console": console}
+        for peer in peers_wanted:
+            servers[peer] = start_peer(procs, peer, peer, venvs[peer], args.peers, env_for(main_db))
+        report["setup"]["servers"] = {name: _shown(server.argv) for name, server in servers.items()}
+        log(", ".join(f"{name} on :{server.port}" for name, server in servers.items()))
         sessions = {(console.name, INBOX_FOUNDER): ConsoleSession(console, tokens.founder(INBOX_FOUNDER)),
                     (console.name, RESOLVER): ConsoleSession(console, tokens.founder(RESOLVER))}
 
@@ -914,24 +1122,24 @@ def main() -> int:
             if only and endpoint.name not in only:
                 continue
             contenders = [("console", console, main_db)]
-            if endpoint.name in ("get", "list", "resolve"):
-                contenders.append(("floor", floor, main_db))
+            if endpoint.name in COMPARED:
+                contenders += [(peer, servers[peer], main_db) for peer in peers_wanted]
             log(f"{endpoint.title}")
             measured = measure(endpoint, contenders, args, workdir)
-            entry = {"title": endpoint.title, "console": measured["console"]}
-            if "floor" in measured:
-                entry["floor"] = measured["floor"]
-                entry["ratio"] = round(measured["console"]["rps"] / measured["floor"]["rps"], 3)
-                # Rounds run back to back (A B, B A, ...): the ratio within each pair sees the same
-                # background load, so their median is the figure least moved by a busy machine.
-                pairs = [c["rps"] / f["rps"] for c, f in zip(measured["console"]["runs"], measured["floor"]["runs"])]
-                entry["ratio_pairs"] = [round(r, 3) for r in pairs]
-                entry["ratio_median_of_pairs"] = round(statistics.median(pairs), 3)
+            entry = {"title": endpoint.title, **measured}
+            peers_here = [label for label in measured if label != "console"]
+            if peers_here:
+                entry["vs"] = {peer: compare(measured["console"], measured[peer], TARGETS[peer]) for peer in peers_here}
+                log("  " + ", ".join(f"console ÷ {peer} {v['ratio_median_of_pairs']}× "
+                                     f"({'met' if v['met'] else 'not met'}: ≥ {v['target']}×)"
+                                     for peer, v in entry["vs"].items()))
             results[endpoint.name] = entry
         report["endpoints"] = results
+        if "seedstack" in servers:  # not needed past this point: its idle pools would only hold connections
+            procs.stop(servers.pop("seedstack").proc)
 
         if not only or "sse" in only:
-            console_b = start_gunicorn(procs, "console-b", args.console_app, env_for(main_db), chdir=app_dir)
+            console_b = start_console(procs, "console-b", args.console_app, env_for(main_db))
             log(f"event latency: subscribe on :{console.port}, resolve on :{console_b.port} "
                 f"({args.sse_samples} samples)")
             report["event_latency"] = event_latency(console, console_b, db_url(main_db), tokens, args.sse_samples,
@@ -940,11 +1148,19 @@ def main() -> int:
             procs.stop(console_b.proc)
 
         if not only or "cost" in only:
-            cost_contenders = {"console": args.console_app, "floor": "floor_app:create_app()"}
-            log("CPU cost per request, in-process (console vs floor)")
+            cost_contenders = {"console": _load_factory(args.console_app)}
+            if "ceiling" in venvs:
+                try:
+                    cost_contenders["ceiling"] = ceiling_factory(args.peers, venvs["ceiling"], ceiling_pools)
+                except Exception as error:  # noqa: BLE001 - the console's own figures are still worth having
+                    log(f"  the ceiling cannot run in-process ({error!r}): console alone")
+            log(f"CPU cost per request, in-process ({' vs '.join(cost_contenders)})")
             report["cpu_cost"] = cpu_cost(db_url(main_db), secrets_env, cost_contenders, tokens,
                                           get_targets[main_db])
             log(f"  {report['cpu_cost']}")
+            for pool in ceiling_pools:
+                pool.close()
+            ceiling_pools.clear()
 
         report["plans"] = {"main": explain_plans(db_url(main_db), secrets_env)}
 
@@ -956,28 +1172,34 @@ def main() -> int:
             report["dataset"]["scale"] = seed(db_url(scale_db), args.scale_rows)
             log(f"  {report['dataset']['scale']}")
             get_targets[scale_db] = sample_get_targets(db_url(scale_db))
-            big = start_gunicorn(procs, "console-1m", args.console_app, env_for(scale_db), chdir=app_dir)
-            big_floor = start_gunicorn(procs, "floor-1m", "floor_app:create_app()", env_for(scale_db), chdir=BENCH)
+            big = start_console(procs, "console-1m", args.console_app, env_for(scale_db))
             sessions[(big.name, INBOX_FOUNDER)] = ConsoleSession(big, tokens.founder(INBOX_FOUNDER))
             sessions[(big.name, RESOLVER)] = ConsoleSession(big, tokens.founder(RESOLVER))
             scale: dict = {}
-            small_label, big_label = f"{args.rows // 1000}k", _rows_label(args.scale_rows)
+            small_label, big_label = _rows_label(args.rows), _rows_label(args.scale_rows)
             for endpoint in endpoints(tokens, sessions, get_targets, args):
                 if endpoint.name not in ("get", "list", "inbox", "resolve"):
                     continue
                 log(f"scale: {endpoint.title}")
                 contenders = [(small_label, console, main_db), (big_label, big, scale_db)]
-                if endpoint.name == "resolve":  # a control: does the floor slow down the same way?
-                    contenders += [(f"floor {small_label}", floor, main_db), (f"floor {big_label}", big_floor, scale_db)]
+                control = endpoint.name == "resolve" and "ceiling" in servers
+                big_ceiling = None
+                if control:  # does the ceiling slow down the same way? (served only now: its pool holds connections)
+                    big_ceiling = start_peer(procs, "ceiling-1m", "ceiling", venvs["ceiling"], args.peers,
+                                             env_for(scale_db))
+                    contenders += [(f"ceiling {small_label}", servers["ceiling"], main_db),
+                                   (f"ceiling {big_label}", big_ceiling, scale_db)]
                 measured = measure(endpoint, contenders, args, workdir)
+                if big_ceiling is not None:
+                    procs.stop(big_ceiling.proc)
                 scale[endpoint.name] = {
                     "title": endpoint.title, small_label: measured[small_label], big_label: measured[big_label],
                     "p50_ratio": round(measured[big_label]["p50_ms"] / measured[small_label]["p50_ms"], 3),
                 }
-                if endpoint.name == "resolve":
-                    fs, fb = measured[f"floor {small_label}"], measured[f"floor {big_label}"]
-                    scale[endpoint.name]["floor_control"] = {small_label: fs, big_label: fb,
-                                                             "p50_ratio": round(fb["p50_ms"] / fs["p50_ms"], 3)}
+                if control:
+                    cs, cb = measured[f"ceiling {small_label}"], measured[f"ceiling {big_label}"]
+                    scale[endpoint.name]["ceiling_control"] = {small_label: cs, big_label: cb,
+                                                               "p50_ratio": round(cb["p50_ms"] / cs["p50_ms"], 3)}
             report["scale"] = {"small": small_label, "big": big_label, "endpoints": scale}
             report["plans"]["scale"] = explain_plans(db_url(scale_db), secrets_env)
         report["elapsed_seconds"] = round(time.monotonic() - t0, 1)
@@ -985,8 +1207,19 @@ def main() -> int:
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
         return 130
+    except Exception:
+        for path in sorted(workdir.glob("*.log")):  # the servers' logs go with the workdir: show their ends
+            tail = path.read_text(errors="replace").splitlines()[-25:]
+            if tail:
+                print(f"--- last lines of {path.name} ---\n" + "\n".join(tail), file=sys.stderr)
+        raise
     finally:
         STOP.set()
+        for pool in ceiling_pools:
+            try:
+                pool.close()
+            except Exception:  # noqa: BLE001, S110 - going on cleaning
+                pass
         procs.stop_all()
         if not args.keep_db:
             for name in databases:
@@ -1009,14 +1242,6 @@ def main() -> int:
     return 0
 
 
-def _has_pool() -> bool:
-    try:
-        import psycopg_pool  # noqa: F401, PLC0415
-    except ImportError:
-        return False
-    return True
-
-
 def _rows_label(rows: int) -> str:
     return f"{rows // 1_000_000}M" if rows >= 1_000_000 else f"{rows // 1000}k"
 
@@ -1024,88 +1249,130 @@ def _rows_label(rows: int) -> str:
 def _strip_runs(report: dict) -> dict:
     """latest.json keeps the per-round numbers but not wrk's raw status histograms per round."""
     out = json.loads(json.dumps(report))
-    for section in (out.get("endpoints", {}), out.get("scale", {}).get("endpoints", {})):
-        for entry in section.values():
-            for value in entry.values():
-                if isinstance(value, dict) and "runs" in value:
-                    value["runs"] = [{"round": r["round"], "rps": round(r["rps"], 1), "latency_us": r["latency_us"],
-                                      "requests": r["requests"], "statuses": r["statuses"],
-                                      "worker_cpu_s": r["worker_cpu_s"],
-                                      "server_cpu_ms_per_request": r["server_cpu_ms_per_request"]}
-                                     for r in value["runs"]]
+
+    def strip(node) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("runs"), list):
+                node["runs"] = [{"round": r["round"], "rps": round(r["rps"], 1), "latency_us": r["latency_us"],
+                                 "requests": r["requests"], "statuses": r["statuses"],
+                                 "worker_cpu_s": r["worker_cpu_s"],
+                                 "server_cpu_ms_per_request": r["server_cpu_ms_per_request"]}
+                                for r in node["runs"]]
+            for value in node.values():
+                strip(value)
+
+    strip(out.get("endpoints"))
+    strip(out.get("scale"))
     return out
 
 
+def _responses(m: dict) -> str:
+    text = ", ".join(f"{k}: {v}" for k, v in sorted(m["statuses"].items()))
+    if any(k[0] not in "23" for k in m["statuses"]) or m["failed"]:
+        text = f"**{text}** (not all 2xx)"
+    if m["exhausted"]:
+        text += "; a pool ran dry (req/s understated)"
+    return text
+
+
+def _unclean(*measured: dict) -> str:
+    bad = [m for m in measured if m["failed"] or m["exhausted"] or any(k[0] not in "23" for k in m["statuses"])]
+    return " (responses not all 2xx: " + "; ".join(_responses(m) for m in bad) + ")" if bad else ""
+
+
+def _ratio_cells(v: dict | None) -> list[str]:
+    if v is None:
+        return ["—", "—", "—"]
+    ratio = f"{v['ratio']:.2f}×" if v["ratio"] is not None else "—"
+    paired = (f"{v['ratio_median_of_pairs']:.2f}× ({', '.join(f'{r:.2f}' for r in v['ratio_pairs'])})"
+              if v["ratio_median_of_pairs"] is not None else "—")
+    return [ratio, paired, "met" if v["met"] else "**not met**"]
+
+
 def render_markdown(report: dict) -> str:
+    setup = report["setup"]
     out = [f"# Benchmark results ({report['started_at']})", "",
            f"Command: `{report['command']}`  ", f"Machine: {report['machine']['cpus']} CPUs, Python "
            f"{report['machine']['python']}, load average at start {report['machine']['loadavg_start']}, at end "
-           f"{report['machine'].get('loadavg_end')}  ", f"Console app: `{report['setup']['console_app']}`  ", f"Servers: gunicorn {report['setup']['gunicorn']}  ",
-           f"Load: wrk {report['setup']['wrk']}  ", f"Floor: {report['setup']['floor']}  "]
+           f"{report['machine'].get('loadavg_end')}  ", f"Console app: `{setup['console_app']}`  "]
+    for name, command in setup.get("servers", {}).items():
+        versions = ", ".join(f"{k} {v}" for k, v in setup.get("versions", {}).get(name, {}).items() if v)
+        out.append(f"Server `{name}`: `{command}` ({versions})  ")
+    out.append(f"Load: wrk {setup['wrk']}; rounds rotate the contenders' order  ")
     dataset = report.get("dataset", {})
     for name, d in dataset.items():
         out.append(f"Dataset {name}: {d['rows']:,} escalations ({d['table_size']}), {d['status_mix']}  ")
     if "elapsed_seconds" in report:
         out.append(f"Elapsed: {report['elapsed_seconds']} s")
-    out += ["", "## Throughput and latency (console vs floor)", "",
-            "| endpoint | console rps | floor rps | ratio | ratio, paired rounds | console p50 ms | console p99 ms "
-            "| floor p50 ms | floor p99 ms | server CPU ms/req console / floor | target ≥ 0.7× | responses |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-    for name, entry in report.get("endpoints", {}).items():
-        c, f = entry["console"], entry.get("floor")
-        notes = [", ".join(f"{k}: {v}" for k, v in sorted(c["statuses"].items()))]
-        if c["exhausted"] or (f and f["exhausted"]):
-            notes.append("a pool ran dry (rps understated)")
-        if f and any(k[0] not in "23" for k in f["statuses"]):
-            notes.append(f"floor {f['statuses']}")
-        if f:
-            ratio, paired = entry["ratio"], entry["ratio_median_of_pairs"]
-            target = "met" if paired >= 0.7 else "**MISSED**"
-            out.append(f"| {name} | {c['rps']:.0f} | {f['rps']:.0f} | {ratio:.2f}× | {paired:.2f}× "
-                       f"({', '.join(f'{r:.2f}' for r in entry['ratio_pairs'])}) | {c['p50_ms']} | {c['p99_ms']} | "
-                       f"{f['p50_ms']} | {f['p99_ms']} | {c['server_cpu_ms_per_request']:.2f} / "
-                       f"{f['server_cpu_ms_per_request']:.2f} | {target} | {'; '.join(notes)} |")
-        else:
-            out.append(f"| {name} | {c['rps']:.0f} | — | — | — | {c['p50_ms']} | {c['p99_ms']} | — | — | "
-                       f"{c['server_cpu_ms_per_request']:.2f} / — | — | {'; '.join(notes)} |")
-    out += ["", "Endpoints: " + "; ".join(f"**{n}** = {e['title']}" for n, e in report.get("endpoints", {}).items())]
-    out += ["", "rps: mean over rounds. ratio: console rps / floor rps (means); paired rounds: the median of "
-            "the per-round ratios (each console round next to a floor round), the figure the target is judged on. "
-            "p50/p99: median over rounds of wrk's per-round percentiles, under full load (-c connections). "
-            "server CPU ms/req: CPU time of the gunicorn workers (user + system, from /proc) per request, median "
-            "over rounds; PostgreSQL's CPU is not in it."]
+    endpoints_ = report.get("endpoints", {})
+    peers = [p for p in PEERS if any("vs" in e and p in e["vs"] for e in endpoints_.values())]
+    if peers:
+        heads = {"ceiling": "console ÷ ceiling", "seedstack": "console ÷ seedstack"}
+        out += ["", "## Console vs the peers (req/s, same run)", "",
+                "| endpoint | " + " | ".join(f"{heads[p]} | paired rounds | target ≥ {TARGETS[p]}×" for p in peers) + " |",
+                "|---|" + "---:|---:|---|" * len(peers)]
+        for name, entry in endpoints_.items():
+            if "vs" not in entry:
+                continue
+            cells = [c for p in peers for c in _ratio_cells(entry["vs"].get(p))]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out += ["", "console ÷ peer: of the median req/s; paired rounds: the median of the per-round ratios (each "
+                "round runs every contender once, back to back, so a round's ratio sees one background load), "
+                "the figure the target is judged on; the per-round ratios in parentheses."]
+    out += ["", "## Throughput and latency", "",
+            "| endpoint | contender | req/s (median) | req/s per round | p50 ms | p99 ms | server CPU ms/req | responses |",
+            "|---|---|---:|---|---:|---:|---:|---|"]
+    for name, entry in endpoints_.items():
+        for label in ("console", *PEERS):
+            m = entry.get(label)
+            if m is None:
+                continue
+            out.append(f"| {name} | {label} | {m['rps']:.0f} | {', '.join(f'{r:.0f}' for r in m['rps_rounds'])} | "
+                       f"{m['p50_ms']} | {m['p99_ms']} | {m['server_cpu_ms_per_request']:.2f} | {_responses(m)} |")
+    out += ["", "Endpoints: " + "; ".join(f"**{n}** = {e['title']}" for n, e in endpoints_.items())]
+    out += ["", "req/s: median over rounds. p50/p99: median over rounds of wrk's per-round percentiles, under "
+            "full load (-c connections). server CPU ms/req: CPU time of the server's worker processes (user + "
+            "system, from /proc) per request, median over rounds; PostgreSQL's CPU is not in it."]
     cost = report.get("cpu_cost")
     if cost:
-        out += ["", "## CPU cost per request (in-process, single thread, no HTTP server; cheapest of 20 alternating blocks)", "",
-                "| endpoint | console CPU µs | floor CPU µs | floor/console | console wall µs | floor wall µs |",
-                "|---|---:|---:|---:|---:|---:|"]
+        has_ceiling = "ceiling" in cost
+        out += ["", "## CPU cost per request (in-process, single thread, no HTTP server; cheapest of 20 alternating blocks)", ""]
+        if has_ceiling:
+            out += ["| endpoint | console CPU µs | ceiling CPU µs | ceiling/console | console wall µs | ceiling wall µs |",
+                    "|---|---:|---:|---:|---:|---:|"]
+        else:
+            out += ["| endpoint | console CPU µs | console wall µs |", "|---|---:|---:|"]
         for name in cost["console"]:
-            c, f = cost["console"][name], cost["floor"][name]
-            out.append(f"| {name} | {c['cpu_us']} | {f['cpu_us']} | {f['cpu_us'] / c['cpu_us']:.2f}× | "
-                       f"{c['wall_us']} | {f['wall_us']} |")
+            c = cost["console"][name]
+            if has_ceiling:
+                f = cost["ceiling"][name]
+                out.append(f"| {name} | {c['cpu_us']} | {f['cpu_us']} | {f['cpu_us'] / c['cpu_us']:.2f}× | "
+                           f"{c['wall_us']} | {f['wall_us']} |")
+            else:
+                out.append(f"| {name} | {c['cpu_us']} | {c['wall_us']} |")
     ev = report.get("event_latency")
     if ev:
         met = ev["p99_ms"] is not None and ev["p99_ms"] < 50 and not ev["lost"]
-        out += ["", "## Event latency (resolve on gunicorn B → SSE frame on gunicorn A)", "",
+        out += ["", "## Event latency (resolve on console B → SSE frame on console A)", "",
                 "| samples | lost | p50 ms | p90 ms | p99 ms | max ms | resolve response p50 ms | target p99 < 50 ms |",
                 "|---:|---:|---:|---:|---:|---:|---:|---|",
                 f"| {ev['samples']} | {ev['lost']} | {ev['p50_ms']} | {ev['p90_ms']} | {ev['p99_ms']} | {ev['max_ms']} "
-                f"| {ev['resolve_response_p50_ms']} | {'met' if met else '**MISSED**'} |"]
+                f"| {ev['resolve_response_p50_ms']} | {'met' if met else '**not met**'} |"]
     scale = report.get("scale")
     if scale:
         s, b = scale["small"], scale["big"]
         out += ["", f"## Scale: console at {b} rows vs {s} rows (alternating rounds)", "",
-                f"| endpoint | {s} rps | {b} rps | {s} p50 ms | {b} p50 ms | p50 ratio | {s} p99 ms | {b} p99 ms "
+                f"| endpoint | {s} req/s | {b} req/s | {s} p50 ms | {b} p50 ms | p50 ratio | {s} p99 ms | {b} p99 ms "
                 "| target p50 ≤ 1.2× |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for name, entry in scale["endpoints"].items():
             out.append(f"| {name} | {entry[s]['rps']:.0f} | {entry[b]['rps']:.0f} | {entry[s]['p50_ms']} | "
                        f"{entry[b]['p50_ms']} | {entry['p50_ratio']:.2f}× | {entry[s]['p99_ms']} | {entry[b]['p99_ms']} "
-                       f"| {'met' if entry['p50_ratio'] <= 1.2 else '**MISSED**'} |")
-            control = entry.get("floor_control")
+                       f"| {'met' if entry['p50_ratio'] <= 1.2 else '**not met**'}{_unclean(entry[s], entry[b])} |")
+            control = entry.get("ceiling_control")
             if control:
-                out.append(f"| {name}: floor (control) | {control[s]['rps']:.0f} | {control[b]['rps']:.0f} | "
+                out.append(f"| {name}: ceiling (control) | {control[s]['rps']:.0f} | {control[b]['rps']:.0f} | "
                            f"{control[s]['p50_ms']} | {control[b]['p50_ms']} | {control['p50_ratio']:.2f}× | "
-                           f"{control[s]['p99_ms']} | {control[b]['p99_ms']} | — |")
+                           f"{control[s]['p99_ms']} | {control[b]['p99_ms']} | —{_unclean(control[s], control[b])} |")
     for name, plans in report.get("plans", {}).items():
         rows = dataset.get(name, {}).get("rows")
         out += ["", f"## Query plans on the {name} database ({rows:,} rows)" if rows else f"## Query plans ({name})",

@@ -3,7 +3,10 @@ gunicorn, then start it again (issue 5). The test suite plays the outage with a 
 (tests/test_outage.py) so that it never stops the shared server; this drill stops the real
 one, so run it alone, never beside the tests:
 
-    .venv/bin/python bench/pg_restart_drill.py [--down 2]
+    .venv/bin/python bench/pg_restart_drill.py [--down 2] [--no-outage]
+
+(--no-outage runs every step but the stop and the 503 checks: it shows that the server, its
+stream and the checks work, without touching the shared PostgreSQL.)
 
 It checks, and exits 1 if any fails: with the server down, reads, writes and /healthz
 answer 503 problem details within 1 s; once the server is back, /healthz answers 200
@@ -30,6 +33,8 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# The production command (console/gunicorn_conf.py: gevent workers, 2 of them, reuse_port).
+SERVE = ["gunicorn", "-c", "python:console.gunicorn_conf"]
 
 
 def cluster(action: str) -> None:
@@ -85,6 +90,8 @@ def read_stream(url: str, agent: str, frames: list[str], stop: threading.Event) 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--down", type=float, default=2.0, help="seconds the server stays stopped")
+    parser.add_argument("--no-outage", action="store_true",
+                        help="skip stopping PostgreSQL (and the 503 checks); everything else runs")
     args = parser.parse_args()
     database = f"drill_{secrets.token_hex(4)}"
     with psycopg.connect(ADMIN, autocommit=True) as conn:
@@ -97,8 +104,7 @@ def main() -> int:
     subprocess.run([python, "-m", "flask", "--app", "console", "db", "upgrade"], env=env, cwd=ROOT, check=True,
                    capture_output=True)
     port = free_port()
-    server = subprocess.Popen([python, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
-                               "-b", f"127.0.0.1:{port}", "--no-control-socket", "console:create_app()"],
+    server = subprocess.Popen([python, "-m", *SERVE, "-b", f"127.0.0.1:{port}", "console:create_app()"],
                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     drill = Drill(f"http://127.0.0.1:{port}", agent)
@@ -118,17 +124,18 @@ def main() -> int:
         reader.start()
         time.sleep(1.0)
 
-        cluster("stop")
-        print(f"PostgreSQL stopped for {args.down} s")
-        for what, (status, body, took) in {
-            "GET an escalation": drill.call("GET", f"/api/escalations/{first['id']}"),
-            "POST an escalation": drill.escalate("drill-during"),
-            "GET /healthz": drill.call("GET", "/healthz"),
-        }.items():
-            drill.check(status == 503 and body.get("status") == 503 and took < 1.0,
-                        f"{what} while the database is down: {status} in {took * 1000:.0f} ms")
-        time.sleep(args.down)
-        cluster("start")
+        if not args.no_outage:
+            cluster("stop")
+            print(f"PostgreSQL stopped for {args.down} s")
+            for what, (status, body, took) in {
+                "GET an escalation": drill.call("GET", f"/api/escalations/{first['id']}"),
+                "POST an escalation": drill.escalate("drill-during"),
+                "GET /healthz": drill.call("GET", "/healthz"),
+            }.items():
+                drill.check(status == 503 and body.get("status") == 503 and took < 1.0,
+                            f"{what} while the database is down: {status} in {took * 1000:.0f} ms")
+            time.sleep(args.down)
+            cluster("start")
         started = time.monotonic()
         while drill.call("GET", "/healthz")[0] != 200 and time.monotonic() - started < 10:
             time.sleep(0.1)
@@ -145,14 +152,15 @@ def main() -> int:
                     "the SSE stream opened before the outage delivers the event created after it")
     finally:
         stop.set()
-        server.terminate()  # graceful: a worker waits for its open streams (the reader's) up to 30 s
+        server.terminate()  # graceful: a worker waits for its open streams (the reader's) up to graceful_timeout
         try:
             server.wait(5)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)  # the master and its workers
             server.wait(5)
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", sorted(os.listdir("/etc/postgresql"))[-1],
-                        "main", "start"], capture_output=True)  # never leave the server stopped
+        if not args.no_outage:
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", sorted(os.listdir("/etc/postgresql"))[-1],
+                            "main", "start"], capture_output=True)  # never leave the server stopped
         with psycopg.connect(ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     print("PASS" if not drill.failures else f"FAIL: {len(drill.failures)} check(s)")

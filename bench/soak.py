@@ -2,10 +2,11 @@
 against a real gunicorn + PostgreSQL; steady worker RSS, zero errors, and every resolve or
 skip producing exactly one event.
 
-    .venv/bin/python bench/soak.py [--seconds 180] [--agents 6] [--founders 3]
+    .venv/bin/python bench/soak.py [--seconds 180] [--agents 6] [--founders 3] [--no-write]
 
-Creates `soak_<pid>`, migrates it, serves it (gunicorn -w 2 -k gthread --threads 16), runs
-the load, verifies the event log through the API, writes bench/results/soak.{md,json}, then
+Creates `soak_<pid>`, migrates it, serves it with the production command (SERVE below:
+`gunicorn -c python:console.gunicorn_conf`, gevent, 2 workers), runs the load, verifies the
+event log through the API, writes bench/results/soak.{md,json} (unless --no-write), then
 stops gunicorn and drops the database (also on Ctrl-C / SIGTERM). Exit 0 only if there were
 no errors, no violations and no worker RSS growth over 20 % and 20 MB after warm-up.
 """
@@ -36,6 +37,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 HOST, PG = "127.0.0.1", "postgresql://postgres@127.0.0.1:5432"
+# The production command (console/gunicorn_conf.py: gevent workers, 2 of them, reuse_port); the
+# address and the app are added at start.
+SERVE = ["gunicorn", "-c", "python:console.gunicorn_conf"]
 OPTIONS = [{"value": "retry", "label": "Retry with a clean cache", "recommended": True},
            {"value": "skip_feature", "label": "Skip this feature"},
            {"value": "provide_guidance", "label": "Tell me what to do", "requires_guidance": True}]
@@ -349,7 +353,7 @@ def report(args, run, load_s, rss, warm_at, verification, server_errors) -> tupl
             "verification": verification, "passed": passed}
     v = verification
     md = [(f"# Soak run\n\n`{data['command']}`: {data['load_seconds']} s of load, {args.agents} agents, "
-           f"{args.founders} founders; gunicorn -w 2 -k gthread --threads 16, PostgreSQL\n"),
+           f"{args.founders} founders; {' '.join(SERVE)} (gevent, 2 workers), PostgreSQL\n"),
           (f"**{'PASS' if passed else 'FAIL'}**: {requests} requests ({data['requests_per_s']}/s), errors {errors} "
            f"(server log {server_errors}), races {sum(s.races.values())}, violations {v['violations']}\n"),
           "| endpoint | requests | statuses | p50 ms | p99 ms | errors | races |",
@@ -382,6 +386,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--agents", type=int, default=6)
     parser.add_argument("--founders", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="print the results, leave bench/results/soak.* alone")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
     db, port = f"soak_{os.getpid()}", free_port()
@@ -398,8 +403,7 @@ def main() -> int:
                        check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(log_path, "wb") as log:
             server = subprocess.Popen(
-                [str(ROOT / ".venv/bin/python"), "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "16",
-                 "--no-control-socket", "-b", f"{HOST}:{port}", "console:create_app()"],
+                [str(ROOT / ".venv/bin/python"), "-m", *SERVE, "-b", f"{HOST}:{port}", "console:create_app()"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)  # its own process group, stopped in finally
         for _ in range(150):  # /healthz within ~30 s
@@ -447,9 +451,10 @@ def main() -> int:
         server_errors = sum(1 for line in log_path.read_text(errors="replace").splitlines()
                             if any(w in line for w in ("Traceback", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT")))
         data, md = report(args, run, load_s, rss, warm_at, verification, server_errors)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "soak.json").write_text(json.dumps(data, indent=2) + "\n")
-        (RESULTS / "soak.md").write_text(md)
+        if not args.no_write:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "soak.json").write_text(json.dumps(data, indent=2) + "\n")
+            (RESULTS / "soak.md").write_text(md)
         print(md)
         return 0 if data["passed"] else 1
     except KeyboardInterrupt:

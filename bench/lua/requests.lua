@@ -1,12 +1,15 @@
 -- Replays pre-rendered HTTP requests (written by bench/bench.py) with wrk.
 --
---   wrk -t1 -c16 -d8s -s bench/lua/requests.lua http://127.0.0.1:PORT -- FILE MODE CONNS_PER_THREAD
+--   wrk -t2 -c32 -d8s -s bench/lua/requests.lua http://127.0.0.1:PORT -- FILE MODE CONNS_PER_THREAD THREADS
 --
 -- FILE holds records "<byte length>\n<raw HTTP/1.1 request>". MODE "cycle" loops over them
 -- (reads); MODE "once" hands each record out exactly once across all wrk threads (thread k
 -- takes records k, k+T, k+2T, ...), for writes that must each hit a distinct row: resolve a
 -- distinct pending escalation, create with a distinct error_signature. A thread whose share
 -- runs out stops (and the run is reported "exhausted": bench.py then retries with more).
+-- THREADS (= wrk's -t) must be passed: wrk runs each thread's init() right after its own
+-- setup(), before the next thread's setup(), so a count gathered in setup() is still short
+-- when the first threads initialise (thread 0 would take every record, duplicating writes).
 --
 -- done() prints one line "BENCH_RESULT {json}" with counts, latency percentiles (us) and a
 -- histogram of response statuses.
@@ -24,6 +27,7 @@ end
 function init(args)
    local path, conns = args[1], tonumber(args[3] or "1")
    mode = args[2] or "cycle"
+   tcount = tonumber(args[4] or "") or tcount
    margin = conns
    local f = assert(io.open(path, "rb"))
    local data = f:read("*a")
