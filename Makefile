@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run    set up, migrate a SQLite database, load demo data, serve the console
+#   make run    set up, migrate a SQLite database, load demo data, serve the console and run its worker
 #   make test   set up, then run the test suite on SQLite and PostgreSQL (+ a real browser)
 PYTHON ?= python3
 VENV   := .venv
@@ -20,8 +20,10 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) -m flask --app console db upgrade
 	$(PY) -m flask --app console demo
-	@echo "Serving on $(CONSOLE_BASE_URL) — open the link above. Ctrl-C stops."
-	$(PY) -m gunicorn -w 2 -k gthread --threads 8 -b 127.0.0.1:$(PORT) --no-control-socket 'console:create_app()'
+	@echo "Serving on $(CONSOLE_BASE_URL) with the worker beside it — open the link above. Ctrl-C stops both."
+	@$(PY) -m flask --app console worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
+	$(PY) -m gunicorn -c python:console.gunicorn_conf -b 127.0.0.1:$(PORT) 'console:create_app()'
 
 services:
 	@scripts/ensure-postgres

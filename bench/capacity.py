@@ -305,6 +305,20 @@ class PgSampler:
         return {"max_connections": self.max_connections, "phases": phases}
 
 
+def cpu_seconds(master: int | None) -> float:
+    """User + system CPU seconds of the server's workers so far."""
+    if master is None:
+        return 0.0
+    total = 0.0
+    for pid in worker_pids(master):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -571,6 +585,8 @@ async def lag_monitor(samples: list[float], stop: asyncio.Event) -> None:
 
 async def measure_api(world: World, api: Api, rate: float, duration: float, pool: list, seed_: int) -> dict:
     rnd = random.Random(seed_)
+    master = world.setup.server.pid if world.setup.server else None
+    load_before, cpu_before = loadavg(), cpu_seconds(master)
     lat = {k: [] for k in KINDS}
     outcome = {k: Counter() for k in KINDS}
     samples = []
@@ -620,7 +636,10 @@ async def measure_api(world: World, api: Api, rate: float, duration: float, pool
     stop.set()
     await monitor
     elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(master) - cpu_before
     out = {"rate": rate, "duration": duration, "requests": total, "elapsed_s": elapsed, "kinds": {},
+           "load_before": load_before, "load_after": loadavg(), "server_cpu_s": cpu,
+           "server_cpu_pct": 100 * cpu / elapsed if elapsed else None,
            "client_lag_p99_ms": (pct(samples, 0.99) or 0) * 1000, "client_lag_max_ms": max(samples or [0]) * 1000}
     everything = []
     for kind in KINDS:
@@ -911,6 +930,9 @@ async def fan_out(world: World, api: Api, clients: Clients, streams: list[Stream
     stream_lat, poll_lat, resolve_ms, misses, per_resolve = [], [], [], 0, []
     resolve_failures = Counter()
     sent_count = consecutive_failures = 0
+    lag: list[float] = []
+    lag_stop = asyncio.Event()
+    monitor = asyncio.create_task(lag_monitor(lag, lag_stop))
     for eid in world.hot:
         if consecutive_failures >= 3:  # the API is not answering: do not spend 10 s on each of the rest
             break
@@ -943,6 +965,8 @@ async def fan_out(world: World, api: Api, clients: Clients, streams: list[Stream
                             "long_polls": len(waiting), "long_polls_answered": len(answered),
                             "resolve_ms": r["seconds"] * 1000})
         await asyncio.sleep(0.1)
+    lag_stop.set()
+    await monitor
     late = sum(1 for s in hot_streams for eid in world.hot if eid in s.resolved and eid in clients.resolve_sent
                and s.resolved[eid] - clients.resolve_sent[eid] > timeout)
     return {"sent": sent_count, "planned": len(world.hot), "resolves": len(resolve_ms), "resolve_failures": dict(resolve_failures), "hot_streams": len(hot_streams),
@@ -951,7 +975,8 @@ async def fan_out(world: World, api: Api, clients: Clients, streams: list[Stream
             "max_ms": max(stream_lat or [0]) or None, "resolve_p50_ms": pct(resolve_ms, 0.5),
             "long_polls": sum(x["long_polls"] for x in per_resolve), "long_polls_answered": len(poll_lat),
             "long_poll_p50_ms": pct(poll_lat, 0.5), "long_poll_p99_ms": pct(poll_lat, 0.99),
-            "long_poll_max_ms": max(poll_lat or [0]) or None, "per_resolve": per_resolve}
+            "long_poll_max_ms": max(poll_lat or [0]) or None, "per_resolve": per_resolve,
+            "client_lag_p99_ms": (pct(lag, 0.99) or 0) * 1000, "client_lag_max_ms": max(lag or [0]) * 1000}
 
 
 async def abandon(world: World, streams: list[Stream], timeout: float) -> dict:
@@ -1169,7 +1194,13 @@ def markdown(r: dict) -> str:
             lines.append(f"| {kind} | {name} | {x['n']} | {fmt(x['p50_ms'])} | {fmt(x['p99_ms'])} | {fmt(x['max_ms'])} "
                          f"| {errors}{detail} | {x['timeouts']} |")
     lines += ["", f"Client event-loop lag p99 / max: baseline {b['client_lag_p99_ms']:.1f} / {b['client_lag_max_ms']:.1f} ms, "
-                  f"loaded {l['client_lag_p99_ms']:.1f} / {l['client_lag_max_ms']:.1f} ms.", ""]
+                  f"loaded {l['client_lag_p99_ms']:.1f} / {l['client_lag_max_ms']:.1f} ms."]
+    if "server_cpu_s" in b:
+        lines += [f"Server workers' CPU during the measurement: baseline {b['server_cpu_pct']:.0f} % of one core, loaded "
+                  f"{l['server_cpu_pct']:.0f} % (the waiting clients' own work included). Load average (1, 5, 15 min) before / "
+                  f"after: baseline {b['load_before']} / {b['load_after']}, loaded {l['load_before']} / {l['load_after']} "
+                  "(other work on the machine moves both p99s)."]
+    lines.append("")
     c = r["clients"]
     lines += ["## Waiting clients", "",
               f"Opened in {r['open']['seconds']:.1f} s (64 connects at a time).", "",
@@ -1197,6 +1228,9 @@ def markdown(r: dict) -> str:
               f"| long-polls on those escalations | {f['long_polls']} | {f['long_polls_answered']} | "
               f"{f['long_polls'] - f['long_polls_answered']} | {fmt(f['long_poll_p50_ms'])} | — | {fmt(f['long_poll_p99_ms'])} "
               f"| {fmt(f['long_poll_max_ms'])} |", ""]
+    if "client_lag_p99_ms" in f:
+        lines += [f"Client event-loop lag during the fan-out: p99 {f['client_lag_p99_ms']:.1f} ms, max "
+                  f"{f['client_lag_max_ms']:.1f} ms.", ""]
     if f["late_after_timeout"]:
         lines += [f"{f['late_after_timeout']} frames arrived after the {r['args']['fanout_timeout']} s deadline (counted missed).", ""]
     a = r["abandon"]

@@ -74,6 +74,8 @@ SCENARIOS = [
         "attempts_summary": ["Masked numbers automatically, which also masked prices like '25 50'",
                              "Flagged reviews for manual approval"],
         "recommended_action": "Hide phone numbers and e-mail addresses, keep the rest of the review.",
+        # Expires during a first look: the worker (`make run` starts it) applies the safe default.
+        "expires_in": 300,
         "options": [
             {"value": "mask_contact_details", "label": "Hide contact details",
              "description": "Replace phone numbers and e-mails with '[hidden]'.", "recommended": True},

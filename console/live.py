@@ -58,6 +58,34 @@ def time_ago(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
     return "just now"
 
 
+def time_until(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """'within 3 hours', 'within 5 minutes', 'now'."""
+    if when is None:
+        return ""
+    seconds = int((when - (now or dt.datetime.now(dt.UTC))).total_seconds())
+    return "now" if seconds <= 0 else f"within {duration(dt.timedelta(seconds=seconds))}"
+
+
+def duration(span: dt.timedelta) -> str:
+    """A span in the largest whole unit a person says: '24 hours', '3 days', '90 seconds'."""
+    seconds = max(0, int(round(span.total_seconds())))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        # Two units or more, or exactly one: "36 hours" rather than "2 days", "1 hour".
+        if seconds >= 2 * size or (seconds == size and unit != "day"):
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def clock_time(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """'14:05 UTC' today, '3 Dec 14:05 UTC' on another day."""
+    if when is None:
+        return ""
+    when = when.astimezone(dt.UTC)
+    today = (now or dt.datetime.now(dt.UTC)).date()
+    return when.strftime("%H:%M UTC") if when.date() == today else f"{when.day} {when:%b %H:%M} UTC"
+
+
 def describe_event(envelope: dict[str, Any]) -> str:
     """One line of the job timeline, in words a founder reads."""
     kind = envelope.get("type")
@@ -73,7 +101,13 @@ def describe_event(envelope: dict[str, Any]) -> str:
             return "The agent withdrew its question" + (f": {reason}" if reason else "")
         guidance = envelope.get("guidance")
         chosen = envelope.get("resolution_label") or envelope.get("resolution")
-        return f"You decided: {chosen}" + (f" — “{guidance}”" if guidance else "")
+        if envelope.get("status") == "expired":
+            return "No answer in time: the question expired without a decision"
+        if envelope.get("decided_by") == "expiry":
+            return f"No answer in time: the agent went ahead with its safe default, {chosen}"
+        via = {"console": " (in the console)", "api": " (through the API)", "slack": " (in Slack)"}.get(
+            envelope.get("decided_via"), "")
+        return f"You decided: {chosen}{via}" + (f" — “{guidance}”" if guidance else "")
     if kind == SSEEventType.AGENT_BUILD_PAUSED:
         reason = envelope.get("reason")
         return "Build paused" + (f": {reason}" if reason else "")

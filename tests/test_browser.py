@@ -603,3 +603,43 @@ def test_screenshots(new_context, console):
     option_label(email, "Use the sandbox for now").click()
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     page.screenshot(path=str(SCREENSHOTS / "narrow.png"), full_page=True)
+
+
+# --- the clock (SPEC §10) ---------------------------------------------------------------------------
+
+def test_a_card_settled_by_the_clock_flips_live(page, console, sqlite_server):
+    import datetime as dt
+
+    from console.worker import Worker
+
+    escalation = console.escalate(expires_in=3 * 3600, on_expiry="skip_feature")
+    console.sign_in(page)
+    page.goto(f"/jobs/{console.job_id}")
+    the_card = card(page, escalation)
+    expect(the_card.locator(".deadline__rule")).to_contain_text("within 3 hours")
+    expect(the_card.locator(".deadline__rule")).to_contain_text("the agent will go ahead with “Skip this feature”")
+    expect(the_card.locator(".deadline__reminder")).to_contain_text("Reminder due")
+
+    three_hours_later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3, seconds=1)
+    Worker(sqlite_server.server.app, clock=lambda: three_hours_later).run_once()
+    expect(the_card).to_have_attribute("data-status", "resolved")  # live, without a reload
+    expect(the_card.locator(".decision__choice")).to_have_text(
+        "No answer in 3 hours: the agent went ahead with “Skip this feature”, its safe default.")
+    expect(page.locator("#timeline li").last).to_contain_text("No answer in time")
+    expect(the_card.locator("form")).to_have_count(0)
+
+
+def test_an_expired_card_says_no_decision_was_made(page, console, sqlite_server):
+    import datetime as dt
+
+    from console.worker import Worker
+
+    escalation = console.escalate(expires_in=600, options=[{"value": "a", "label": "Option A", "description": ""}])
+    console.sign_in(page)
+    expect(card(page, escalation).locator(".deadline__rule")).to_contain_text(
+        "the question expires and the agent carries on without a decision")
+    Worker(sqlite_server.server.app, clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(minutes=11)).run_once()
+    the_card = card(page, escalation)
+    expect(the_card).to_have_attribute("data-status", "expired")
+    expect(the_card.locator(".decision__choice")).to_contain_text("no decision was made")
+    expect(page.locator("#pending-count")).to_have_text(re.compile(r"^\s*0\b"))

@@ -34,6 +34,10 @@ class OutageProxy:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def down(self):
+        try:  # wakes the accept() blocked in another thread; close() alone leaves it listening
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         with self.lock:
             for s in self.sockets:

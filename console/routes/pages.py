@@ -15,7 +15,7 @@ from flask import (
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..events import event_envelope
-from ..live import console_frame, describe_event, latest_event_id, time_ago
+from ..live import clock_time, console_frame, describe_event, duration, latest_event_id, time_ago, time_until
 from ..models import VIA_CONSOLE, escalation_option
 from ..realtime import founder_event_stream, job_event_stream
 from ..routes.stream import resume_point, sse_response
@@ -197,6 +197,9 @@ def job_live(job_id: str) -> Response:
 
 
 bp.add_app_template_filter(time_ago, "time_ago")
+bp.add_app_template_filter(time_until, "time_until")
+bp.add_app_template_filter(duration, "duration")
+bp.add_app_template_filter(clock_time, "clock_time")
 bp.add_app_template_filter(describe_event, "describe_event")
 bp.add_app_template_global(escalation_option, "escalation_option")
 bp.add_app_template_global(event_envelope, "event_envelope")
