@@ -74,9 +74,13 @@ def engine_options(uri: str) -> dict:
         # Reads run in autocommit (no BEGIN/ROLLBACK round trips; at READ COMMITTED every
         # statement had its own snapshot anyway); write_transaction() opens a real transaction.
         "isolation_level": "AUTOCOMMIT",
-        "pool_size": 10,
-        "max_overflow": 20,
-        "pool_timeout": 5,
+        # Per worker process. With gevent workers thousands of clients may wait at once, but
+        # a waiting client holds no connection; past pool_size + max_overflow, requests queue
+        # (as greenlets) for up to pool_timeout before answering 503. Two workers then use at
+        # most 2 × 20 + 2 (LISTEN) of the server's connections.
+        "pool_size": int(os.environ.get("CONSOLE_POOL_SIZE", "10")),
+        "max_overflow": int(os.environ.get("CONSOLE_POOL_OVERFLOW", "10")),
+        "pool_timeout": 10,
         "pool_recycle": 1800,
         # Fail fast when the server is gone: 503 within seconds, never a hung worker.
         "connect_args": {"connect_timeout": 3, "options": "-c statement_timeout=15000"},

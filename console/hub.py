@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 import psycopg
 from flask import Flask, current_app, has_app_context
@@ -51,15 +51,29 @@ def founder_key(founder_id: str) -> str:
 
 
 class _Watched:
-    """The waiters of one key: how many, the newest event id published for it, and the
-    condition they sleep on (sharing the hub's lock)."""
+    """The waiters of one key: how many, the newest event id published for it, the
+    condition they sleep on (sharing the hub's lock), and the reads they share."""
 
-    __slots__ = ("waiters", "latest", "condition")
+    __slots__ = ("waiters", "latest", "condition", "reads")
 
     def __init__(self, lock: threading.Lock):
         self.waiters = 0
         self.latest = 0
         self.condition = threading.Condition(lock)
+        self.reads: dict[Hashable, _SharedRead] = {}
+
+
+class _SharedRead:
+    """One read of the database that every waiter asking the same question at the same
+    point of the key's history gets the answer of (single flight)."""
+
+    __slots__ = ("latest", "generation", "done", "result", "error")
+
+    def __init__(self, latest: int, generation: int):
+        self.latest, self.generation = latest, generation
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
 
 
 class EventHub:
@@ -114,6 +128,35 @@ class EventHub:
             if timeout <= 0:
                 return watched.latest > after_id
             return watched.condition.wait_for(lambda: watched.latest > after_id, timeout)
+
+    def shared_read(self, key: str, question: Hashable, load: Callable[[], Any]) -> Any:
+        """load()'s answer to `question` about a watched key, shared: when a hundred streams
+        of one job are woken by the same event, one of them reads the log and the others
+        take its rows (a read is reused only while no newer event is known for the key and
+        the feed has not reconnected; otherwise it is made again)."""
+        with self._lock:
+            watched = self._keys.get(key)
+            if watched is None:
+                leader, flight = True, _SharedRead(0, self.generation)
+            else:
+                flight = watched.reads.get(question)
+                leader = (flight is None or flight.latest != watched.latest
+                          or flight.generation != self.generation or flight.error is not None)
+                if leader:
+                    flight = watched.reads[question] = _SharedRead(watched.latest, self.generation)
+        if not leader:
+            flight.done.wait()
+            if flight.error is None:
+                return flight.result
+            return load()  # the leader's read failed: try for ourselves
+        try:
+            flight.result = load()
+            return flight.result
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            flight.done.set()
 
     @property
     def watching(self) -> int:

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import time
 from typing import Iterator
 
-from flask import Flask
+from flask import Flask, has_request_context, request
 from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 
-from .auth import Principal
+from .auth import AGENT, Principal
 from .events import event_envelope, list_events, list_founder_events
 from .hub import EventHub, current_hub, founder_key, init_app, job_key  # noqa: F401  (init_app, re-exported)
 from .models import PENDING
-from .services.escalations import Escalation, get_escalation
+from .errors import NotFound
+from .services.escalations import Escalation, find_escalation, get_escalation
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,10 @@ def wait_until_settled(escalation_id: str, principal: Principal, wait_seconds: f
     with hub.watch(key):
         while True:
             seen, generation = hub.latest(key), hub.generation
-            escalation = get_escalation(escalation_id, principal)  # a pooled connection, given back at once
+            # Every long-poll of this escalation woken by one event shares one read of it.
+            escalation = hub.shared_read(key, ("escalation", escalation.id), lambda: find_escalation(escalation_id, AGENT))
+            if escalation is None or not principal.sees(escalation.founder_id, escalation.job_id):
+                raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
             remaining = deadline - time.monotonic()
             if escalation.status != PENDING or remaining <= 0:
                 return escalation
@@ -56,6 +62,19 @@ def sse_frame(event) -> str:
 
 
 HEARTBEAT_FRAME = "event: heartbeat\ndata: {}\n\n"
+CLIENT_CHECK_SECONDS = 5.0  # how often an idle stream looks whether its client is still there
+
+
+def client_gone(client: socket.socket | None) -> bool:
+    """Has the client closed its end of the connection? A closed socket reads as
+    readable with nothing in it. (Without the server's socket, the next write tells.)"""
+    if client is None:
+        return False
+    try:
+        readable, _, _ = select.select([client], [], [], 0)
+        return bool(readable) and client.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def job_event_stream(app: Flask, job_id: str, after: int, render=sse_frame) -> Iterator[str]:
@@ -74,12 +93,17 @@ def _event_stream(app: Flask, key: str, fetch, after: int, render) -> Iterator[s
     SSE_MAX_STREAM_SECONDS so that workers are not held forever (clients reconnect with
     Last-Event-ID and lose nothing)."""
     hub: EventHub = app.extensions["console_event_hub"]
+    client = (request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")) \
+        if has_request_context() else None
     heartbeat = float(app.config["SSE_HEARTBEAT_SECONDS"])
     lifetime = float(app.config["SSE_MAX_STREAM_SECONDS"])
 
     def read(last: int) -> list[tuple[int, str]]:
         with app.app_context():
-            return [(e.id, render(e)) for e in fetch(last)]
+            # The streams of a key woken by one event share one read of the log (most of them
+            # are at the same `last`); each renders its own frames.
+            events = hub.shared_read(key, ("events", last), lambda: fetch(last))
+            return [(e.id, render(e)) for e in events]
 
     def stream() -> Iterator[str]:
         with hub.watch(key):
@@ -115,7 +139,9 @@ def _event_stream(app: Flask, key: str, fetch, after: int, render) -> Iterator[s
                     last_write = now
                 if read_nothing and must_read and hub.latest(key) > last:
                     time.sleep(0.02)  # woken for an event not readable yet: do not spin
-                woken = hub.wait(key, last, min(last_write + heartbeat, end) - now)
+                woken = hub.wait(key, last, min(last_write + heartbeat, end, now + CLIENT_CHECK_SECONDS) - now)
+                if not woken and client_gone(client):
+                    return  # the client went away: let go of it now, not at the next failing write
                 # Without a wake-up the log is re-read only when the feed may have missed
                 # something (it reconnected since the last read): an idle stream costs no query.
                 must_read = woken or hub.generation != generation

@@ -285,3 +285,22 @@ def test_open_streams_hold_no_database_connection(postgres, ids):
             s.close()
         dispose(app)
         postgres.drop(url)
+
+
+def test_a_stream_whose_client_vanished_is_let_go_within_seconds(database_url, ids):
+    """SPEC §14: let go within 30 s; here an idle stream looks every CLIENT_CHECK_SECONDS."""
+    app = make_app(database_url)
+    hub = app.extensions["console_event_hub"]
+    try:
+        with ThreadedServer(app) as server:
+            escalate(server.url, ids.job_id, ids.founder_id)
+            stream = SSE(server.url, f"/api/jobs/{ids.job_id}/events/stream", {"Authorization": f"Bearer {AGENT_TOKEN}"})
+            assert stream.status == 200 and stream.collect(1, timeout=10)
+            assert hub.watching == 1
+            stream.close()  # the client goes away without a word
+            deadline = time.monotonic() + 15
+            while hub.watching and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert hub.watching == 0
+    finally:
+        dispose(app)
