@@ -10,6 +10,10 @@ DEMO_FOUNDER = "founder-demo"
 
 
 def register(app: Flask) -> None:
+    from . import webhook_cli  # noqa: PLC0415  (flask webhook add | list | remove | rotate | …)
+
+    webhook_cli.register(app)
+
     @app.cli.command("login-link")
     @click.argument("founder_id")
     def login_link(founder_id: str) -> None:
@@ -47,7 +51,7 @@ def register(app: Flask) -> None:
     @app.cli.command("worker")
     @click.option("--once", is_flag=True, help="Do what is due now, then exit.")
     def worker(once: bool) -> None:
-        """Run the worker: expiries and reminders (and, later, notifications and webhooks).
+        """Run the worker: expiries, reminders and webhook deliveries.
         Any number may run against one PostgreSQL; run one on SQLite. SIGTERM / SIGINT stop
         it after the batch in hand."""
         import logging  # noqa: PLC0415

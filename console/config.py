@@ -54,6 +54,14 @@ class DefaultConfig:
     DEFAULT_EXPIRES_IN: int | None = None
     WORKER_POLL_SECONDS = 1.0
 
+    # Webhooks (SPEC §13; console/webhooks.py): seconds between attempts (comma-separated),
+    # the receiver's time to answer, a worker's lease on a delivery in flight, and whether
+    # http:// and private, loopback or link-local targets are allowed (development, tests).
+    WEBHOOK_RETRY_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
+    WEBHOOK_TIMEOUT_SECONDS = 15.0
+    WEBHOOK_LEASE_SECONDS = 60.0
+    WEBHOOK_ALLOW_PRIVATE = False
+
 
 def database_uri(url: str | None, instance_path: str) -> str:
     """The SQLAlchemy URI for DATABASE_URL: psycopg 3 for PostgreSQL, a file in the

@@ -88,10 +88,30 @@ def _wants_problem_json() -> bool:
     return request.path == "/api" or request.path.startswith("/api/") or request.path == "/healthz"
 
 
+# What a database says when the schema is behind the code: not an outage, a missing
+# `db upgrade` (SQLite raises these as OperationalError too).
+_SCHEMA_MISSING = ("no such table", "no such column", "does not exist")
+
+
+def _is_missing_schema(error: Exception) -> bool:
+    if not isinstance(error, DBAPIError) or error.connection_invalidated:
+        return False
+    message = str(error.orig).lower()
+    return any(marker in message for marker in _SCHEMA_MISSING) and (
+        "relation" in message or "column" in message or "table" in message)
+
+
 def _is_database_outage(error: Exception) -> bool:
+    if _is_missing_schema(error):
+        return False
     if isinstance(error, (OperationalError, PoolTimeoutError)):
         return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def _first_line(error: Exception) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0][:300] if text else error.__class__.__name__
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -120,8 +140,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):
         db.session.rollback()
-        if _is_database_outage(error):
-            log.warning("database unavailable: %s", error.__class__.__name__)
+        if _is_missing_schema(error):
+            log.error("the database schema is behind the code (%s): run `flask --app console db upgrade`",
+                      _first_line(error))
+            status, title = 500, "Internal server error"
+            detail = "The server's database is not set up for this version yet; the operator has been told."
+        elif _is_database_outage(error):
+            log.warning("database unavailable (%s: %s)", error.__class__.__name__, _first_line(error))
             status, title = 503, "Service unavailable"
             detail = "The database is not answering right now. Try again in a few seconds."
         else:

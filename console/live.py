@@ -8,13 +8,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from flask import render_template
+from flask import g, has_request_context, render_template, session
 from sqlalchemy import func, select
 
 from .auth import Principal
 from .database import read_rows
 from .events import JOB_EVENTS, SSEEventType, event_envelope
 from .services import escalations as escalation_service
+from .services import memory
 
 LIVE_EVENT = "update"  # the SSE event name the console listens for
 
@@ -24,6 +25,7 @@ def latest_event_id() -> int:
 
 
 def console_frame(founder_id: str, event, *, page: str) -> str:
+    g.console_founder_id = founder_id  # whose rules the card shows (a frame has no request)
     envelope = event_envelope(event)
     parts: list[str] = []
     escalation_id = envelope.get("escalation_id")
@@ -86,6 +88,39 @@ def clock_time(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
     return when.strftime("%H:%M UTC") if when.date() == today else f"{when.day} {when:%b %H:%M} UTC"
 
 
+def day_month(when: dt.datetime | None) -> str:
+    """'3 March' (this year), '3 March 2025' (another)."""
+    if when is None:
+        return ""
+    return f"{when.day} {when:%B}" + ("" if when.year == dt.datetime.now(dt.UTC).year else f" {when.year}")
+
+
+# --- decision memory on the card (SPEC §12) --------------------------------------------------------
+
+def _founder_rules(founder_id: str) -> dict[tuple[str, str], Any]:
+    """The founder's rules, read once per request (or live frame), by (project, signature)."""
+    cache = g.setdefault("console_founder_rules", {})
+    if founder_id not in cache:
+        cache[founder_id] = memory.rules_by_key(founder_id)
+    return cache[founder_id]
+
+
+def rule_not_applied(escalation: Any) -> str | None:
+    """Why the founder's rule for this error did not answer this pending question, if it did not."""
+    if escalation.status != "pending":
+        return None
+    rule = _founder_rules(escalation.founder_id).get((escalation.project_id, escalation.error_signature))
+    return memory.why_rule_did_not_apply(rule, escalation) if rule is not None else None
+
+
+def founder_rule(rule_id: Any) -> Any:
+    """The signed-in founder's rule with this id (None once revoked)."""
+    founder_id = session.get("founder_id") if has_request_context() else g.get("console_founder_id")
+    if rule_id is None or founder_id is None:
+        return None
+    return next((rule for rule in _founder_rules(founder_id).values() if rule.id == rule_id), None)
+
+
 def describe_event(envelope: dict[str, Any]) -> str:
     """One line of the job timeline, in words a founder reads."""
     kind = envelope.get("type")
@@ -105,6 +140,8 @@ def describe_event(envelope: dict[str, Any]) -> str:
             return "No answer in time: the question expired without a decision"
         if envelope.get("decided_by") == "expiry":
             return f"No answer in time: the agent went ahead with its safe default, {chosen}"
+        if envelope.get("decided_by") == "rule":
+            return f"Answered by your rule: {chosen}" + (f" — “{guidance}”" if guidance else "")
         via = {"console": " (in the console)", "api": " (through the API)", "slack": " (in Slack)"}.get(
             envelope.get("decided_via"), "")
         return f"You decided: {chosen}{via}" + (f" — “{guidance}”" if guidance else "")

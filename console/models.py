@@ -5,7 +5,9 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, TypeDecorator, Uuid, text
+from sqlalchemy import (
+    JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, Uuid, text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -87,6 +89,8 @@ class AgentEscalation(db.Model):
     # Audit (SPEC §10): founder | rule | expiry | agent, and api | console | slack.
     decided_by: Mapped[str | None] = mapped_column(String(20))
     decided_via: Mapped[str | None] = mapped_column(String(20))
+    # Decision memory (SPEC §12): the founder's rule that answered it, when one did.
+    rule_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (
         # A job's cards, newest first; the founder's inbox, with and without a status filter.
@@ -106,6 +110,10 @@ class AgentEscalation(db.Model):
         Index("ix_agent_escalations_pending_expires_at", "expires_at",
               postgresql_where=text("status = 'pending' AND expires_at IS NOT NULL"),
               sqlite_where=text("status = 'pending' AND expires_at IS NOT NULL")),
+        # Decision memory: the founder's latest decision on a project's error, in any job.
+        Index("ix_agent_escalations_memory", "founder_id", "project_id", "error_signature", "resolved_at",
+              postgresql_where=text("status = 'resolved' AND decided_by = 'founder'"),
+              sqlite_where=text("status = 'resolved' AND decided_by = 'founder'")),
         Index("ix_agent_escalations_pending_reminder_at", "reminder_at",
               postgresql_where=text("status = 'pending' AND reminder_at IS NOT NULL AND reminded_at IS NULL"),
               sqlite_where=text("status = 'pending' AND reminder_at IS NOT NULL AND reminded_at IS NULL")),
@@ -179,3 +187,104 @@ class SpentLoginLink(db.Model):
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     founder_id: Mapped[str] = mapped_column(String(255))
     spent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class DecisionRule(db.Model):
+    """"Answer this error the same way from now on, in this project" (SPEC §12): a later
+    escalation of the founder with the same project and error signature is settled at once
+    with this decision and guidance. One rule per key; a newer one replaces it."""
+
+    __tablename__ = "decision_rules"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    founder_id: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255))
+    error_type: Mapped[str] = mapped_column(String(255))
+    error_signature: Mapped[str] = mapped_column(String(255))
+    decision: Mapped[str] = mapped_column(String(255))
+    label: Mapped[str | None] = mapped_column(Text)  # the option's label when the rule was made
+    guidance: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_from: Mapped[uuid.UUID] = mapped_column(Uuid)  # the escalation whose decision it remembers
+    times_applied: Mapped[int] = mapped_column(Integer, default=0)
+    last_applied_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("uq_decision_rules_founder_id_project_id_error_signature", "founder_id", "project_id",
+              "error_signature", unique=True),
+        Index("ix_decision_rules_founder_id_created_at", "founder_id", "created_at"),
+    )
+
+
+# --- webhooks (SPEC §13) ----------------------------------------------------------------------------
+
+# A delivery is pending (due at next_attempt_at; in flight while a worker's lease runs), then
+# delivered, failed (the retry schedule ran out) or cancelled (its endpoint was disabled).
+DELIVERY_PENDING, DELIVERY_DELIVERED, DELIVERY_FAILED, DELIVERY_CANCELLED = "pending", "delivered", "failed", "cancelled"
+# SQL NULL (never JSON null) means "every event type": the trigger that fans events out tests IS NULL.
+EventTypeList = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+class WebhookEndpoint(db.Model):
+    """Where the main product hears events: an operator's URL (`flask --app console webhook add`)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list[str] | None] = mapped_column(EventTypeList)  # None: every type
+    secret: Mapped[str] = mapped_column(String(100))  # whsec_…; kept to sign with (HMAC needs the key)
+    # After a rotation the old secret signs too, until previous_secret_expires_at (24 h).
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    failing_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # first failure since the last success
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = ({"sqlite_autoincrement": True},)  # a removed endpoint's id is never handed out again
+
+
+class WebhookDelivery(db.Model):
+    """One event owed to one endpoint. Rows are inserted by a trigger on job_events (migration
+    0005), in the transaction that stored the event, whichever statement stored it."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(BigInteger)  # job_events.id (the log is append-only)
+    status: Mapped[str] = mapped_column(String(20), default=DELIVERY_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # since it was (re)queued
+    # When it is due; while a worker holds it, the end of that worker's lease (so a worker that
+    # died makes it due again by itself).
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # in flight until (the lease)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # The worker's claim reads only due, undelivered rows, cheaply at any size.
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
+        Index("uq_webhook_deliveries_endpoint_id_event_id", "endpoint_id", "event_id", unique=True),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class WebhookAttempt(db.Model):
+    """One POST of a delivery and what came of it (SPEC §9: every attempt is recorded)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
+    attempted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)  # the receiver's HTTP status, when it answered
+    error: Mapped[str | None] = mapped_column(Text)  # why it failed, shortened
+    response_body: Mapped[str | None] = mapped_column(Text)  # at most 500 characters of it
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_webhook_attempts_delivery_id_id", "delivery_id", "id"),)

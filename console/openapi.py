@@ -46,10 +46,15 @@ OPERATIONS: list[tuple[str, str, str, tuple[str, ...], type[BaseModel] | None, t
      (FOUNDER, AGENT), s.StreamQuery, None,
      {200: ("text/event-stream of `id:`/`event:`/`data:` frames", "text/event-stream"),
       404: ("Unknown or foreign job", s.ProblemDetails)}),
+    ("get", "/api/me/rules", "The founder's remembered decisions (rules), newest first",
+     (FOUNDER,), None, None, {200: ("The rules", s.RuleList)}),
+    ("delete", "/api/me/rules/{rule_id}", "Revoke one of the founder's rules",
+     (FOUNDER,), None, None, {204: ("Revoked", None), 404: ("No such rule of yours", s.ProblemDetails)}),
 ]
 
 MODELS = [s.EscalationCreate, s.EscalationOption, s.ResolveRequest, s.SkipRequest, s.EventCreate,
-          s.EscalationResponse, s.EscalationPage, s.EventEnvelope, s.EventPage, s.ProblemDetails, s.HealthResponse]
+          s.EscalationResponse, s.EscalationPage, s.EventEnvelope, s.EventPage, s.ProblemDetails, s.HealthResponse,
+          s.PreviousDecision, s.RuleResponse, s.RuleList]
 
 COMMON_ERRORS = {
     400: "The body is empty, not valid JSON, or not a JSON object",
@@ -115,6 +120,9 @@ def openapi_document() -> dict:
                                         "content": {"application/json": {"schema": _schema_ref(body_model)}}}
         for status, (description, model) in responses.items():
             content_type = "application/problem+json" if model is s.ProblemDetails else "application/json"
+            if model is None:  # no body (204)
+                operation["responses"][str(status)] = {"description": description}
+                continue
             if model == "text/event-stream":
                 operation["responses"][str(status)] = {
                     "description": description, "content": {"text/event-stream": {"schema": SSE_EVENT}}}

@@ -106,6 +106,7 @@ class ResolveRequest(BaseModel):
     decision: Annotated[str, StringConstraints(max_length=255), NoNul] = Field(
         description="One of the escalation's option values (any value when it has none)")
     guidance: OptionalText | None = Field(None, description="Free text for the agent; stripped, blank becomes null")
+    remember: StrictBool = Field(False, description="Answer this error the same way from now on, in this project")
 
 
 class SkipRequest(BaseModel):
@@ -163,6 +164,37 @@ def _unstorable(value: Any) -> bool:
     return False
 
 
+class PreviousDecision(BaseModel):
+    """The founder's most recent decision on the same project's same error, in any job."""
+
+    escalation_id: uuid.UUID
+    decision: str
+    label: str | None = Field(description="The chosen option's label, when it had one")
+    guidance: str | None
+    decided_at: Timestamp
+
+
+def parse_previous_decision(raw: Any) -> dict[str, Any] | None:
+    """The previous-decision column as read from the database (JSON text on SQLite, a
+    document on PostgreSQL: escalation_id, decision, guidance, decided_at, options) →
+    PreviousDecision's fields."""
+    if raw is None or isinstance(raw, PreviousDecision):
+        return raw
+    document = json.loads(raw) if isinstance(raw, str) else raw
+    if "options" not in document:
+        return document
+    decided_at = document["decided_at"]
+    when = decided_at if isinstance(decided_at, dt.datetime) else dt.datetime.fromisoformat(decided_at)
+    option = next((o for o in document.get("options") or [] if o.get("value") == document["decision"]), None)
+    return {
+        "escalation_id": uuid.UUID(str(document["escalation_id"])),
+        "decision": document["decision"],
+        "label": option.get("label") if option else None,
+        "guidance": document["guidance"],
+        "decided_at": when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC),
+    }
+
+
 class EscalationResponse(BaseModel):
     """An escalation as the API serves it (SPEC §6)."""
 
@@ -190,6 +222,33 @@ class EscalationResponse(BaseModel):
     on_expiry: str | None = Field(description="The option applied then; null: it expires without a decision")
     decided_by: DecidedBy | None = Field(description="Who settled it; null while pending")
     decided_via: DecidedVia | None = Field(description="Where a person decided; null when no person did")
+    rule_id: uuid.UUID | None = Field(description="The founder's rule that answered it (decided_by rule)")
+    previous_decision: PreviousDecision | None = Field(
+        description="The founder's most recent decision on this project's same error, in any job")
+
+    _previous = field_validator("previous_decision", mode="before")(parse_previous_decision)
+
+
+class RuleResponse(BaseModel):
+    """A remembered decision (SPEC §12)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    project_id: str
+    error_type: str
+    error_signature: str
+    decision: str
+    label: str | None
+    guidance: str | None
+    created_at: Timestamp
+    created_from: uuid.UUID = Field(description="The escalation whose decision it remembers")
+    times_applied: int
+    last_applied_at: Timestamp | None
+
+
+class RuleList(BaseModel):
+    items: list[RuleResponse]
 
 
 class EscalationPage(BaseModel):
@@ -304,3 +363,7 @@ def escalation_list_json_bytes(escalations) -> bytes:
 
 def escalation_page_json_bytes(escalations, next_cursor: str | None) -> bytes:
     return EscalationPage(items=_escalation_list(escalations), next_cursor=next_cursor).model_dump_json().encode()
+
+
+def rule_list_json_bytes(rules) -> bytes:
+    return RuleList(items=[RuleResponse.model_validate(rule) for rule in rules]).model_dump_json().encode()

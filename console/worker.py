@@ -42,16 +42,19 @@ OUTAGE_BACKOFF_MAX = 5.0
 class Task:
     name: str
     run: Callable[[dt.datetime], int]  # one batch of what is due at `now`; returns how many
+    batch: int = BATCH  # a full batch means more may be due: the worker calls it again at once
 
 
 TASKS: dict[str, Task] = {}
 
 
-def task(name: str) -> Callable:
-    """Register a kind of work. The function does one batch in one transaction."""
+def task(name: str, *, batch: int = BATCH) -> Callable:
+    """Register a kind of work. The function does one batch (at most `batch` items) in one
+    transaction; outbound work (console/webhooks.py) claims in one and records in another,
+    so that no transaction stays open while a receiver is waited on."""
 
     def register(function: Callable[[dt.datetime], int]) -> Callable[[dt.datetime], int]:
-        TASKS[name] = Task(name, function)
+        TASKS[name] = Task(name, function, batch)
         return function
 
     return register
@@ -78,7 +81,7 @@ class Worker:
                     while not self.stopping.is_set():
                         handled = registered.run(self.clock())
                         done[name] += handled
-                        if handled < BATCH:
+                        if handled < registered.batch:
                             break
             finally:
                 db.session.remove()
@@ -239,3 +242,8 @@ def mark_reminders_due(now: dt.datetime) -> int:
     for escalation_id, founder_id in reminded:
         log.info("reminder due for escalation %s (founder %s)", escalation_id, founder_id)
     return len(reminded)
+
+
+# --- webhooks (SPEC §13): its task registers itself on import ------------------------------------
+
+from . import webhooks  # noqa: E402,F401

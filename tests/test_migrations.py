@@ -35,23 +35,46 @@ def columns(url: str, table: str) -> set[str]:
     return names
 
 
-ALL_TABLES = {"agent_escalations", "jobs", "job_events", "spent_login_links"}
+WEBHOOK_TABLES = {"webhook_endpoints", "webhook_deliveries", "webhook_attempts"}
+ALL_TABLES = {"agent_escalations", "jobs", "job_events", "spent_login_links", "decision_rules"} | WEBHOOK_TABLES
+
+
+def triggers(url: str) -> set[str]:
+    """Triggers on job_events (autogenerate cannot see them, so the round trip checks them)."""
+    app = make_app(url)
+    with app.app_context():
+        with db.engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                query = "SELECT tgname FROM pg_trigger WHERE tgrelid = 'job_events'::regclass AND NOT tgisinternal"
+            else:
+                query = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'job_events'"
+            names = set(connection.execute(sa.text(query)).scalars())
+        db.engine.dispose()
+    return names
 
 
 def test_upgrade_downgrade_upgrade_round_trip(scratch_url):
     migrate(scratch_url)
     assert tables(scratch_url) == ALL_TABLES
-    migrate(scratch_url, "-1", "downgrade")
-    assert tables(scratch_url) == ALL_TABLES and "expires_at" not in columns(scratch_url, "agent_escalations")
+    assert triggers(scratch_url) == {"webhook_deliveries_for_event"}
+    migrate(scratch_url, "-1", "downgrade")  # 0006 webhooks
+    assert tables(scratch_url) == ALL_TABLES - WEBHOOK_TABLES and triggers(scratch_url) == set()
+    migrate(scratch_url, "-1", "downgrade")  # 0005 decision memory
+    assert tables(scratch_url) == ALL_TABLES - WEBHOOK_TABLES - {"decision_rules"}
+    assert "rule_id" not in columns(scratch_url, "agent_escalations")
+    assert "expires_at" in columns(scratch_url, "agent_escalations")
+    migrate(scratch_url, "-1", "downgrade")  # 0004 expiry and audit
+    base_tables = ALL_TABLES - WEBHOOK_TABLES - {"decision_rules"}
+    assert tables(scratch_url) == base_tables and "expires_at" not in columns(scratch_url, "agent_escalations")
     assert "founder_id" in columns(scratch_url, "job_events")
     migrate(scratch_url, "-1", "downgrade")
-    assert tables(scratch_url) == ALL_TABLES and "founder_id" not in columns(scratch_url, "job_events")
+    assert tables(scratch_url) == base_tables and "founder_id" not in columns(scratch_url, "job_events")
     migrate(scratch_url, "-1", "downgrade")
-    assert tables(scratch_url) == ALL_TABLES - {"spent_login_links"}
+    assert tables(scratch_url) == base_tables - {"spent_login_links"}
     migrate(scratch_url, "base", "downgrade")
     assert tables(scratch_url) == set()
     migrate(scratch_url)
-    assert tables(scratch_url) == ALL_TABLES
+    assert tables(scratch_url) == ALL_TABLES and triggers(scratch_url) == {"webhook_deliveries_for_event"}
 
 
 def test_models_and_migrations_do_not_drift(scratch_url):

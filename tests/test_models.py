@@ -43,7 +43,8 @@ def test_model_has_every_spec_column():
         "plain_english_problem", "attempts_summary", "recommended_action", "options", "status",
         "founder_decision", "founder_guidance", "resolved_at", "created_at", "occurrences", "last_seen_at",
         # SPEC §10: the deadline, its outcome, the reminder, and who decided
-        "expires_at", "on_expiry", "reminder_at", "reminded_at", "decided_by", "decided_via"}
+        "expires_at", "on_expiry", "reminder_at", "reminded_at", "decided_by", "decided_via",
+        "rule_id"}  # SPEC §12
     assert AgentEscalation.__tablename__ == "agent_escalations"
 
 

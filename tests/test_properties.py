@@ -50,6 +50,7 @@ ESCALATION_KEYS = {
     "plain_english_problem", "attempts_summary", "recommended_action", "options", "status",
     "founder_decision", "founder_guidance", "created_at", "resolved_at", "occurrences", "last_seen_at",
     "expires_at", "on_expiry", "decided_by", "decided_via",  # SPEC §10
+    "rule_id", "previous_decision",  # SPEC §12
 }
 OPTION_KEYS = {"value", "label", "description", "requires_guidance", "recommended"}
 ENVELOPE_KEYS = {"id", "type", "job_id", "timestamp"}

@@ -11,10 +11,11 @@ from ..auth import api_auth
 from ..events import event_envelope
 from ..schemas import (
     EscalationCreate, EscalationQuery, EventCreate, EventsQuery, InboxQuery, JobEscalationsQuery, ResolveRequest,
-    SkipRequest, escalation_json_bytes, escalation_list_json_bytes, escalation_page_json_bytes, parse,
+    SkipRequest, escalation_json_bytes, rule_list_json_bytes, escalation_list_json_bytes, escalation_page_json_bytes, parse,
 )
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
+from ..services import memory as memory_service
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -103,7 +104,7 @@ def list_founder_escalations():
 def resolve_escalation(escalation_id: str):
     data = parse(ResolveRequest, json_body())
     escalation = escalation_service.resolve_escalation(escalation_id, g.principal.founder_id,
-                                                       data.decision, data.guidance)
+                                                       data.decision, data.guidance, remember=data.remember)
     return json_response(escalation_json_bytes(escalation))
 
 
@@ -133,3 +134,18 @@ def list_job_events(job_id: str):
     events = job_service.list_job_events(job_id, g.principal, params.after, params.limit)
     return jsonify({"items": [event_envelope(e) for e in events],
                     "next_after": events[-1].id if events else params.after})
+
+
+# --- the founder's remembered decisions (SPEC §12) -------------------------------------------
+
+@bp.get("/me/rules")
+@api_auth(agent=False)
+def list_rules():
+    return json_response(rule_list_json_bytes(memory_service.list_rules(g.principal.founder_id)))
+
+
+@bp.delete("/me/rules/<rule_id>")
+@api_auth(agent=False)
+def revoke_rule(rule_id: str):
+    memory_service.revoke_rule(rule_id, g.principal.founder_id)
+    return Response(status=204)

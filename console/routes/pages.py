@@ -15,7 +15,10 @@ from flask import (
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..events import event_envelope
-from ..live import clock_time, console_frame, describe_event, duration, latest_event_id, time_ago, time_until
+from ..live import (
+    clock_time, console_frame, day_month, describe_event, duration, founder_rule, latest_event_id, rule_not_applied,
+    time_ago, time_until,
+)
 from ..models import VIA_CONSOLE, escalation_option
 from ..realtime import founder_event_stream, job_event_stream
 from ..routes.stream import resume_point, sse_response
@@ -23,6 +26,7 @@ from ..schemas import ResolveRequest, parse
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
 from ..services import login_links
+from ..services import memory as memory_service
 
 bp = Blueprint("pages", __name__)
 
@@ -137,8 +141,14 @@ def job(job_id: str):
 @bp.get("/escalations/<escalation_id>")
 @login_required
 def escalation(escalation_id: str):
+    """One card. `?decision=&guidance=` (the "Same as last time" link, an e-mail's option
+    link) opens it with that option chosen: a GET never decides, the founder still sends."""
     found = escalation_service.get_escalation(escalation_id, founder())
-    return render_template("escalation.html", escalation=found)
+    chosen = request.args.get("decision", "")[:255]
+    form = {}
+    if chosen and found.status == "pending" and (not found.options or escalation_option(found, chosen)):
+        form = {"decision": chosen, "guidance": request.args.get("guidance", "")[:10_000]}
+    return render_template("escalation.html", escalation=found, form=form)
 
 
 @bp.get("/escalations/<escalation_id>/card")
@@ -153,11 +163,12 @@ def escalation_card(escalation_id: str):
 def resolve(escalation_id: str):
     decision = request.form.get("decision")
     guidance = request.form.get("guidance")
-    form = {"decision": decision, "guidance": guidance or ""}
+    remember = request.form.get("remember") == "true"
+    form = {"decision": decision, "guidance": guidance or "", "remember": remember}
     try:
-        data = parse(ResolveRequest, {"decision": decision or "", "guidance": guidance})
+        data = parse(ResolveRequest, {"decision": decision or "", "guidance": guidance, "remember": remember})
         resolved = escalation_service.resolve_escalation(escalation_id, current_founder_id(), data.decision,
-                                                         data.guidance, via=VIA_CONSOLE)
+                                                         data.guidance, via=VIA_CONSOLE, remember=data.remember)
     except ValidationFailed as error:
         current = escalation_service.get_escalation(escalation_id, founder())  # 404 for a foreign id
         errors = {e.field.split(".")[0]: e.message for e in error.errors}
@@ -165,8 +176,25 @@ def resolve(escalation_id: str):
     except Conflict as error:
         return _card_response(error.escalation, 409, notice=error.detail)
     if is_htmx():
-        return _card_response(resolved, 200, notice="Sent. The agent has your answer.")
+        notice = "Sent. The agent has your answer." + (
+            " This error will be answered the same way from now on, in this project." if remember else "")
+        return _card_response(resolved, 200, notice=notice)
     return redirect(url_for("pages.escalation", escalation_id=resolved.id), 303)
+
+
+@bp.get("/settings")
+@login_required
+def settings():
+    return render_template("settings.html", rules=memory_service.list_rules(current_founder_id()))
+
+
+@bp.post("/settings/rules/<rule_id>/revoke")
+@login_required
+def revoke_rule(rule_id: str):
+    memory_service.revoke_rule(rule_id, current_founder_id())
+    if is_htmx():
+        return render_template("settings/_rule_revoked.html", rule_id=rule_id)
+    return redirect(url_for("pages.settings"), 303)
 
 
 def _card_response(escalation, status: int, **card):
@@ -203,3 +231,8 @@ bp.add_app_template_filter(clock_time, "clock_time")
 bp.add_app_template_filter(describe_event, "describe_event")
 bp.add_app_template_global(escalation_option, "escalation_option")
 bp.add_app_template_global(event_envelope, "event_envelope")
+bp.add_app_template_global(memory_service.previous_decision, "previous_decision")
+bp.add_app_template_global(rule_not_applied, "rule_not_applied")
+bp.add_app_template_global(founder_rule, "founder_rule")
+bp.add_app_template_filter(day_month, "day_month")
+bp.add_app_template_filter(memory_service.readable_signature, "readable_signature")

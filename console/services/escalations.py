@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import BigInteger, Row, Select, bindparam, column, func, select, text, tuple_, update
+from sqlalchemy import JSON, BigInteger, Row, Select, bindparam, column, func, select, text, tuple_, update
 
 from ..auth import AGENT, Principal
 from ..database import read_rows, write_transaction
@@ -30,11 +30,12 @@ from ..errors import Conflict, FieldError, NotFound, ValidationFailed
 from ..events import NOTIFY_CHANNEL, SSEEventType, announce, founder_lock_sql, record_event
 from ..extensions import db
 from ..models import (
-    BY_AGENT, BY_EXPIRY, BY_FOUNDER, EXPIRED, PENDING, RESOLVED, SKIPPED, VIA_API, AgentEscalation, escalation_option,
+    BY_AGENT, BY_EXPIRY, BY_FOUNDER, BY_RULE, EXPIRED, PENDING, RESOLVED, SKIPPED, VIA_API, AgentEscalation, escalation_option,
     utcnow,
 )
 from ..schemas import EscalationCreate
 from ..signatures import error_signature
+from . import memory
 from .jobs import check_job_id, claim_job, dialect_insert, possible_job_id
 
 PROVIDE_GUIDANCE = "provide_guidance"  # the conventional option whose answer is the guidance itself
@@ -74,7 +75,7 @@ def create_escalation(job_id: str, data: EscalationCreate, *,
             index_where=text("status = 'pending'"),
             set_={"occurrences": ESCALATIONS.c.occurrences + 1, "last_seen_at": now},
         )
-        .returning(*ESCALATIONS.c)
+        .returning(*ESCALATIONS.c, memory.previous_decision_returning())
     )
     with write_transaction():
         claim_job(job_id, data.founder_id, data.project_id)
@@ -87,7 +88,24 @@ def create_escalation(job_id: str, data: EscalationCreate, *,
                 "error_type": escalation.error_type,
                 "plain_english_problem": escalation.plain_english_problem,
             })
+            rule = memory.matching_rule(escalation.founder_id, escalation.project_id, escalation.error_signature)
+            if rule is not None and memory.rule_applies(rule, escalation):
+                escalation = _settle_by_rule(escalation, rule, now)
     return escalation, created
+
+
+def _settle_by_rule(escalation: Escalation, rule: Row, now: dt.datetime) -> Escalation:
+    """Inside the create's transaction: the founder's rule answers at once (SPEC §12)."""
+    settled = db.session.execute(
+        update(ESCALATIONS).where(ESCALATIONS.c.id == escalation.id, ESCALATIONS.c.status == PENDING)
+        .values(status=RESOLVED, founder_decision=rule.decision, founder_guidance=rule.guidance, resolved_at=now,
+                decided_by=BY_RULE, decided_via=None, rule_id=rule.id)
+        .returning(*ESCALATIONS.c, memory.previous_decision_returning())
+    ).one()
+    memory.count_use(rule, now)
+    record_event(settled.job_id, settled.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED,
+                 {**_resolution_payload(settled), "rule_id": str(rule.id)})
+    return settled
 
 
 def _deadline(data: EscalationCreate, options: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any]:
@@ -126,7 +144,9 @@ def _parse_id(escalation_id: str | uuid.UUID) -> uuid.UUID | None:
         return None
 
 
-_BY_ID = select(ESCALATIONS).where(ESCALATIONS.c.id == bindparam("id"))
+@functools.cache
+def _by_id_query(dialect: str) -> Select:
+    return select(ESCALATIONS, memory.previous_decision_column()).where(ESCALATIONS.c.id == bindparam("id"))
 
 
 def find_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> Escalation | None:
@@ -135,7 +155,7 @@ def find_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> Esc
     parsed = _parse_id(escalation_id)
     if parsed is None:
         return None
-    rows = read_rows(_BY_ID, {"id": parsed})
+    rows = read_rows(_by_id_query(db.engine.dialect.name), {"id": parsed})
     escalation = rows[0] if rows else None
     if escalation is None or not principal.sees(escalation.founder_id, escalation.job_id):
         return None
@@ -151,9 +171,10 @@ def get_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> Esca
 
 
 @functools.cache
-def _job_escalations_query(of_founder: bool, with_status: bool) -> Select:
+def _job_escalations_query(dialect: str, of_founder: bool, with_status: bool) -> Select:
     """Built once per shape (a hot path): bound by job_id [, founder_id] [, status]."""
-    query = select(ESCALATIONS).where(ESCALATIONS.c.job_id == bindparam("job_id"))
+    query = (select(ESCALATIONS, memory.previous_decision_column())
+             .where(ESCALATIONS.c.job_id == bindparam("job_id")))
     if of_founder:
         query = query.where(ESCALATIONS.c.founder_id == bindparam("founder_id"))
     if with_status:
@@ -166,7 +187,7 @@ def list_job_escalations(job_id: str, principal: Principal, status: str | None =
     but the orchestrator sees only its founder's (`Principal.sees`, in SQL)."""
     if not possible_job_id(job_id) or not principal.sees_job(job_id):
         return []
-    query = _job_escalations_query(not principal.is_orchestrator, bool(status))
+    query = _job_escalations_query(db.engine.dialect.name, not principal.is_orchestrator, bool(status))
     return read_rows(query, {"job_id": job_id, "founder_id": principal.founder_id, "status": status})
 
 
@@ -195,7 +216,7 @@ def list_founder_escalations(founder_id: str, *, status: str | None = None, proj
                              cursor: str | None = None) -> tuple[list[Escalation], str | None]:
     """The founder's escalations across jobs, newest first, a page at a time (keyset)."""
     columns = ESCALATIONS.c
-    query = select(ESCALATIONS).where(columns.founder_id == founder_id)
+    query = select(ESCALATIONS, memory.previous_decision_column()).where(columns.founder_id == founder_id)
     if status:
         query = query.where(columns.status == status)
     if project_id:
@@ -215,7 +236,7 @@ def list_founder_escalations(founder_id: str, *, status: str | None = None, proj
 def recently_decided(founder_id: str, limit: int) -> list[Escalation]:
     """The founder's settled escalations (resolved, skipped, expired), most recently settled first."""
     columns = ESCALATIONS.c
-    query = (select(ESCALATIONS)
+    query = (select(ESCALATIONS, memory.previous_decision_column())
              .where(columns.founder_id == founder_id, columns.status.in_([RESOLVED, SKIPPED, EXPIRED]))
              .order_by(columns.resolved_at.desc(), columns.id.desc()).limit(limit))
     return read_rows(query)
@@ -273,7 +294,7 @@ def _already_settled(escalation: Escalation, decision: str, guidance: str | None
 
 
 def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision: str | None,
-                       guidance: str | None, *, via: str = VIA_API) -> Escalation:
+                       guidance: str | None, *, via: str = VIA_API, remember: bool = False) -> Escalation:
     """The founder's decision. Only the owner may decide (others get NotFound); the
     decision must be one of the options; guidance is stripped (blank → None) and required
     for `provide_guidance` and options that say so. The first decision wins: it is one
@@ -284,10 +305,10 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
         raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     decision = (decision or "").strip()
     guidance = (guidance or "").strip() or None
-    if db.engine.dialect.name == "postgresql":
+    if db.engine.dialect.name == "postgresql" and not remember:
         won = _resolve_in_one_statement(parsed, founder_id, decision, guidance, via)
     else:
-        won = _resolve_in_transaction(parsed, founder_id, decision, guidance, via)
+        won = _resolve_in_transaction(parsed, founder_id, decision, guidance, via, remember)
     if won is not None:
         return won
     # Nothing changed: the record is missing or foreign (404), the decision is not valid
@@ -297,7 +318,7 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
         raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     if current.status == PENDING:
         _check_decision(current, decision, guidance)  # says what is wrong with the decision
-        won = _resolve_in_transaction(parsed, founder_id, decision, guidance, via)
+        won = _resolve_in_transaction(parsed, founder_id, decision, guidance, via, remember)
         if won is not None:
             return won
         current = get_escalation(parsed, Principal("founder", founder_id))
@@ -305,7 +326,7 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
 
 
 def _resolve_in_transaction(escalation_id: uuid.UUID, founder_id: str, decision: str,
-                            guidance: str | None, via: str) -> Escalation | None:
+                            guidance: str | None, via: str, remember: bool = False) -> Escalation | None:
     """The decision as a transaction of two statements (SQLite; and the fallback): the
     conditional UPDATE, checked against the options it returns (an invalid decision rolls
     it back), then the event. None when the escalation is not pending (or not theirs)."""
@@ -316,11 +337,13 @@ def _resolve_in_transaction(escalation_id: uuid.UUID, founder_id: str, decision:
                    ESCALATIONS.c.status == PENDING)
             .values(status=RESOLVED, founder_decision=decision, founder_guidance=guidance, resolved_at=utcnow(),
                     decided_by=BY_FOUNDER, decided_via=via)
-            .returning(*ESCALATIONS.c)
+            .returning(*ESCALATIONS.c, memory.previous_decision_returning())
         ).one_or_none()
         if won is not None:
             _check_decision(won, decision, guidance)
             record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED, _resolution_payload(won))
+            if remember:
+                memory.remember_decision(won)
     return won
 
 
@@ -347,6 +370,16 @@ def _resolve_in_one_statement(escalation_id: uuid.UUID, founder_id: str, decisio
 
 
 _ESCALATION_COLUMNS = ", ".join(column.name for column in ESCALATIONS.c)
+# memory.previous_decision_column(), correlated to the resolved row `won` of the statement below.
+_PREVIOUS_DECISION_SQL = """
+    SELECT json_build_object('escalation_id', previous.id, 'decision', previous.founder_decision,
+                             'guidance', previous.founder_guidance, 'decided_at', previous.resolved_at,
+                             'options', previous.options)
+      FROM agent_escalations AS previous
+     WHERE previous.founder_id = won.founder_id AND previous.project_id = won.project_id
+       AND previous.error_signature = won.error_signature AND previous.id <> won.id
+       AND previous.status = 'resolved' AND previous.decided_by = 'founder'
+     ORDER BY previous.resolved_at DESC LIMIT 1"""
 _RESOLVE_ONE_STATEMENT = text(f"""
     WITH won AS (
         UPDATE agent_escalations
@@ -374,8 +407,9 @@ _RESOLVE_ONE_STATEMENT = text(f"""
           FROM won, ordering
         RETURNING id, pg_notify(:channel, json_build_array(id, job_id, founder_id)::text)
     )
-    SELECT {_ESCALATION_COLUMNS}, (SELECT id FROM event) AS event_id FROM won
-""").columns(*ESCALATIONS.c, column("event_id", BigInteger))
+    SELECT {_ESCALATION_COLUMNS}, (SELECT id FROM event) AS event_id, ({_PREVIOUS_DECISION_SQL}) AS previous_decision
+      FROM won
+""").columns(*ESCALATIONS.c, column("event_id", BigInteger), column("previous_decision", JSON))
 
 
 def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None, *,
@@ -394,7 +428,7 @@ def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None, *
             update(ESCALATIONS)
             .where(ESCALATIONS.c.id == parsed, ESCALATIONS.c.status == PENDING)
             .values(status=SKIPPED, resolved_at=utcnow(), decided_by=BY_AGENT, decided_via=None)
-            .returning(*ESCALATIONS.c)
+            .returning(*ESCALATIONS.c, memory.previous_decision_returning())
         ).one_or_none()
         if won is not None:
             record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED,

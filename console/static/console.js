@@ -34,6 +34,26 @@
     (focusable || card.querySelector(".notice") || card).focus();
   });
 
+  // "Same as last time" fills the card's form with the previous decision (the founder still
+  // sends it). Without JavaScript the link opens the card's page with that option chosen.
+  document.addEventListener("click", function (event) {
+    var link = event.target.closest && event.target.closest("a[data-fill-decision]");
+    if (!link) return;
+    var card = link.closest("article");
+    var form = card && card.querySelector("form.decide");
+    if (!form) return;
+    event.preventDefault();
+    var value = link.dataset.fillDecision;
+    var radio = Array.prototype.find.call(form.querySelectorAll('input[name="decision"]'),
+                                          function (input) { return input.value === value; });
+    if (radio) { radio.checked = true; radio.focus(); }
+    var text = form.querySelector('input[type="text"][name="decision"]');
+    if (text) { text.value = value; text.focus(); }
+    var guidance = form.querySelector('textarea[name="guidance"]');
+    if (guidance && link.dataset.fillGuidance) guidance.value = link.dataset.fillGuidance;
+    syncGuidance(form);
+  });
+
   // Live updates: never insert a card or a timeline line twice (a reconnect may replay an
   // event that the page already showed).
   document.addEventListener("htmx:oobBeforeSwap", function (event) {

@@ -1,0 +1,181 @@
+"""Decision memory (SPEC §12): never answer the same question twice.
+
+* `previous_decision` of an escalation: the founder's most recent decision on another
+  escalation with the same project and error signature, in any job. It is read in the same
+  statement as the escalation itself (a correlated subquery, `PREVIOUS_DECISION`), so it
+  costs no round trip.
+* Rules: a resolve with `remember` stores founder + project + signature → decision and
+  guidance; a later create that matches (and whose options allow the decision) is settled
+  at once, in the create's own transaction (`apply_rule`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import uuid
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, delete, func, literal_column, select, text, update
+
+from ..database import read_rows
+from ..errors import NotFound
+from ..extensions import db
+from ..models import AgentEscalation, DecisionRule, escalation_option, utcnow
+from ..schemas import parse_previous_decision
+from .jobs import dialect_insert
+
+ESCALATIONS = AgentEscalation.__table__
+RULES = DecisionRule.__table__
+PROVIDE_GUIDANCE = "provide_guidance"
+
+
+# --- previous_decision -----------------------------------------------------------------------
+
+@functools.cache
+def _previous_decision_column(dialect: str) -> ColumnElement:
+    previous = ESCALATIONS.alias("previous")
+    columns = previous.c
+    if dialect == "postgresql":
+        document = func.json_build_object("escalation_id", columns.id, "decision", columns.founder_decision,
+                                          "guidance", columns.founder_guidance, "decided_at", columns.resolved_at,
+                                          "options", columns.options)
+    else:  # SQLite keeps JSON as text: json() embeds it as JSON, not as a string
+        document = func.json_object("escalation_id", columns.id, "decision", columns.founder_decision,
+                                    "guidance", columns.founder_guidance, "decided_at", columns.resolved_at,
+                                    "options", func.json(columns.options))
+    return (
+        select(document)
+        .where(columns.founder_id == ESCALATIONS.c.founder_id, columns.project_id == ESCALATIONS.c.project_id,
+               columns.error_signature == ESCALATIONS.c.error_signature, columns.id != ESCALATIONS.c.id,
+               # literal, so that the planner can use the partial index made for exactly this
+               text("previous.status = 'resolved' AND previous.decided_by = 'founder'"))
+        .order_by(columns.resolved_at.desc())
+        .limit(1)
+        .scalar_subquery()
+        .label("previous_decision")
+    )
+
+
+def previous_decision_column() -> ColumnElement:
+    """The column that reads an escalation's previous decision (JSON) beside its row."""
+    return _previous_decision_column(db.engine.dialect.name)
+
+
+@functools.cache
+def _previous_decision_returning(dialect: str) -> ColumnElement:
+    json_object = "json_build_object" if dialect == "postgresql" else "json_object"
+    options = "previous.options" if dialect == "postgresql" else "json(previous.options)"
+    return literal_column(f"""(
+        SELECT {json_object}('escalation_id', previous.id, 'decision', previous.founder_decision,
+                             'guidance', previous.founder_guidance, 'decided_at', previous.resolved_at,
+                             'options', {options})
+          FROM agent_escalations AS previous
+         WHERE previous.founder_id = agent_escalations.founder_id
+           AND previous.project_id = agent_escalations.project_id
+           AND previous.error_signature = agent_escalations.error_signature
+           AND previous.id <> agent_escalations.id
+           AND previous.status = 'resolved' AND previous.decided_by = 'founder'
+         ORDER BY previous.resolved_at DESC LIMIT 1)""").label("previous_decision")
+
+
+def previous_decision_returning() -> ColumnElement:
+    """The same, for the RETURNING clause of a write to agent_escalations (SQLAlchemy would
+    not qualify the correlated columns there, and `previous` has the same names)."""
+    return _previous_decision_returning(db.engine.dialect.name)
+
+
+def previous_decision(escalation: Any) -> dict[str, Any] | None:
+    """`{"escalation_id", "decision", "label", "guidance", "decided_at"}` of a row read with
+    the previous-decision column (None when there is none)."""
+    return parse_previous_decision(getattr(escalation, "previous_decision", None))
+
+
+# --- rules -----------------------------------------------------------------------------------
+
+def remember_decision(escalation: Row) -> None:
+    """Inside the resolve's write transaction: store (or replace) the founder's rule for
+    this escalation's project and error signature."""
+    option = escalation_option(escalation, escalation.founder_decision)
+    values = {
+        "id": uuid.uuid4(), "founder_id": escalation.founder_id, "project_id": escalation.project_id,
+        "error_type": escalation.error_type, "error_signature": escalation.error_signature,
+        "decision": escalation.founder_decision, "label": option.get("label") if option else None,
+        "guidance": escalation.founder_guidance, "created_at": utcnow(), "created_from": escalation.id,
+        "times_applied": 0, "last_applied_at": None,
+    }
+    db.session.execute(
+        dialect_insert(RULES).values(**values).on_conflict_do_update(
+            index_elements=["founder_id", "project_id", "error_signature"],
+            set_={name: values[name] for name in values if name not in ("founder_id", "project_id", "error_signature")},
+        )
+    )
+
+
+def matching_rule(founder_id: str, project_id: str, signature: str) -> Row | None:
+    """The founder's rule for this project's error (inside a write transaction, its row
+    locked on PostgreSQL so that the count of uses stays exact)."""
+    query = select(RULES).where(RULES.c.founder_id == founder_id, RULES.c.project_id == project_id,
+                                RULES.c.error_signature == signature)
+    if db.engine.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return db.session.execute(query).one_or_none()
+
+
+def rule_applies(rule: Row, escalation: Any) -> bool:
+    """A rule answers an escalation whose options contain its decision (or that has none),
+    when the guidance that decision needs is part of the rule."""
+    return why_rule_did_not_apply(rule, escalation) is None
+
+
+def why_rule_did_not_apply(rule: Row, escalation: Any) -> str | None:
+    options = escalation.options or []
+    option = escalation_option(escalation, rule.decision)
+    if options and option is None:
+        return (f"Your rule for this error answers “{rule.label or rule.decision}”, which is not one of this "
+                "question's options, so the agent is asking you.")
+    needs_guidance = rule.decision == PROVIDE_GUIDANCE or bool(option and option.get("requires_guidance"))
+    if needs_guidance and not rule.guidance:
+        return "Your rule for this error has no guidance, and this answer needs some, so the agent is asking you."
+    return None
+
+
+def count_use(rule: Row, now: dt.datetime) -> None:
+    db.session.execute(update(RULES).where(RULES.c.id == rule.id)
+                       .values(times_applied=RULES.c.times_applied + 1, last_applied_at=now))
+
+
+def list_rules(founder_id: str) -> list[Row]:
+    return read_rows(select(RULES).where(RULES.c.founder_id == founder_id)
+                     .order_by(RULES.c.created_at.desc(), RULES.c.id.desc()))
+
+
+def rules_by_key(founder_id: str) -> dict[tuple[str, str], Row]:
+    return {(rule.project_id, rule.error_signature): rule for rule in list_rules(founder_id)}
+
+
+def revoke_rule(rule_id: str, founder_id: str) -> None:
+    """Delete the founder's rule; someone else's, or a missing one, is NotFound."""
+    from ..database import write_transaction  # noqa: PLC0415
+
+    try:
+        parsed = uuid.UUID(rule_id)
+    except (ValueError, TypeError, AttributeError):
+        raise NotFound(f"There is no rule {rule_id!r}.") from None
+    with write_transaction() as session:
+        deleted = session.execute(delete(RULES).where(RULES.c.id == parsed, RULES.c.founder_id == founder_id)
+                                  .returning(RULES.c.id)).first()
+    if deleted is None:
+        raise NotFound(f"There is no rule {rule_id!r}.")
+
+
+def find_rule(rule_id: Any, founder_id: str) -> Row | None:
+    if rule_id is None:
+        return None
+    rows = read_rows(select(RULES).where(RULES.c.id == rule_id, RULES.c.founder_id == founder_id))
+    return rows[0] if rows else None
+
+
+def readable_signature(signature: str) -> str:
+    """`proj:KeyError:1a2b3c4d` → `KeyError (1a2b3c4d)`: the project and type are shown apart."""
+    parts = signature.split(":")
+    return f"{parts[1]} ({parts[2]})" if len(parts) == 3 else signature
