@@ -9,8 +9,10 @@ Standard library only, so any agent process can vendor or import it::
                            error_message=str(error), plain_english_problem=..., recommended_action=...,
                            options=[...])
     decision = console.wait_for_decision(esc["id"], timeout=3600)   # long-polls; survives restarts
-    if decision["status"] == "resolved":
+    if decision["status"] == "resolved":       # by the founder, their rule, or the deadline's safe default
         act_on(decision["founder_decision"], decision["founder_guidance"])
+    elif decision["status"] == "expired":      # nobody answered and there was no safe default
+        pause_this_task()
 
 `wait_for_decision` uses the server's bounded long-poll (`GET /api/escalations/{id}?wait=S`),
 so the answer arrives within milliseconds of the founder's click, through whichever server
@@ -72,15 +74,26 @@ class ConsoleClient:
     def escalate(self, job_id: str, *, session_id: str, project_id: str, founder_id: str, error_type: str,
                  plain_english_problem: str, recommended_action: str, attempts_summary: Iterable[str] = (),
                  options: Iterable[dict[str, Any]] = (), error_message: str | None = None,
-                 error_signature: str | None = None) -> dict[str, Any]:
+                 error_signature: str | None = None, expires_in: int | None = None,
+                 on_expiry: str | None = None) -> dict[str, Any]:
         """Ask the founder. Asking again about the same error (same job, same signature)
-        while it is open returns the same escalation with `occurrences` + 1."""
+        while it is open returns the same escalation with `occurrences` + 1.
+
+        `expires_in` bounds the wait (seconds): at the deadline the server applies
+        `on_expiry` (an option that needs no guidance; default the recommended one), or,
+        without one, the escalation becomes `expired` with no decision. The answer may be
+        in the response already: a founder's remembered decision (a rule) settles a
+        matching question at once (`status` resolved, `decided_by` "rule")."""
         body: dict[str, Any] = {
             "session_id": session_id, "project_id": project_id, "founder_id": founder_id,
             "error_type": error_type, "plain_english_problem": plain_english_problem,
             "recommended_action": recommended_action, "attempts_summary": list(attempts_summary),
             "options": list(options),
         }
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        if on_expiry is not None:
+            body["on_expiry"] = on_expiry
         if error_signature is not None:
             body["error_signature"] = error_signature
         else:
@@ -94,7 +107,7 @@ class ConsoleClient:
         return self._request("GET", path, timeout=(wait or 0) + self.request_timeout)
 
     def wait_for_decision(self, escalation_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the escalation is resolved or skipped; returns it. Raises
+        """Block until the escalation is settled (resolved, skipped or expired); returns it. Raises
         DecisionTimeout after `timeout` seconds (None: wait forever). Server restarts and
         outages are retried with backoff for as long as the wait lasts."""
         deadline = None if timeout is None else time.monotonic() + timeout

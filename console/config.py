@@ -17,6 +17,7 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_EVENT_PAYLOAD_BYTES = 16 * 1024
 
 GENERATED_SECRETS = ("SECRET_KEY", "JWT_SECRET", "AGENT_TOKEN", "AGENT_JWT_SECRET")
+RAW_STRINGS = ("SMTP_URL", "MAIL_FROM", "MAIL_DIR", "SLACK_SIGNING_SECRET")  # given, never generated
 
 
 class DefaultConfig:
@@ -61,6 +62,18 @@ class DefaultConfig:
     WEBHOOK_TIMEOUT_SECONDS = 15.0
     WEBHOOK_LEASE_SECONDS = 60.0
     WEBHOOK_ALLOW_PRIVATE = False
+
+    # Notifications (SPEC §11; console/notifications.py): the SMTP server (smtp://, smtp+starttls://,
+    # smtps://; unset: messages are written as .eml files into MAIL_DIR, default instance/mail),
+    # the sender, the Slack app's signing secret (set: Slack buttons answer in place), the retry
+    # schedule of temporary failures (seconds, comma-separated) and the time one send may take.
+    SMTP_URL: str | None = None
+    MAIL_FROM = "Escalations <escalations@localhost>"
+    MAIL_DIR: str | None = None
+    SLACK_SIGNING_SECRET: str | None = None
+    NOTIFY_RETRY_SCHEDULE = "15,60,300,900,1800,1800,1800,3600,3600,7200,14400,28800"
+    NOTIFY_TIMEOUT_SECONDS = 15.0
+    NOTIFY_LEASE_SECONDS = 120.0
 
 
 def database_uri(url: str | None, instance_path: str) -> str:
@@ -148,7 +161,7 @@ def _check_default_expires_in(value) -> None:
 def configure(app: Flask, test_config: dict | None) -> None:
     app.config.from_object(DefaultConfig)
     app.config.from_prefixed_env("CONSOLE")
-    for name in GENERATED_SECRETS:  # opaque strings: never JSON-parsed ("1e3", "true" and "0" stay as given)
+    for name in GENERATED_SECRETS + RAW_STRINGS:  # opaque strings: never JSON-parsed ("1e3", "true" and "0" stay as given)
         raw = os.environ.get(f"CONSOLE_{name}")
         if raw:
             app.config[name] = raw

@@ -288,3 +288,92 @@ class WebhookAttempt(db.Model):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_webhook_attempts_delivery_id_id", "delivery_id", "id"),)
+
+
+# --- notifications (SPEC §11; console/services/notifications.py, console/notifications.py) ----------
+
+EMAIL_EACH, EMAIL_DIGEST, EMAIL_OFF = "each", "digest", "off"
+EMAIL_MODES = (EMAIL_EACH, EMAIL_DIGEST, EMAIL_OFF)
+CHANNEL_EMAIL, CHANNEL_SLACK = "email", "slack"
+# What a delivery is about: a new question, its reminder (SPEC §10), or the update of a Slack
+# message after a button answered it (posted to the interaction's response_url).
+KIND_QUESTION, KIND_REMINDER, KIND_SLACK_UPDATE = "question", "reminder", "slack_update"
+# pending: due at next_attempt_at (held by a worker while locked_until runs); sending: past the
+# point of no return (the SMTP DATA, the POST) — a worker that dies there leaves it so, and it is
+# never sent again blindly (`unknown`); then sent, failed (permanent, or out of retries) or
+# skipped (not sent on purpose: answered meanwhile, channel turned off).
+NOTIFY_PENDING, NOTIFY_SENDING, NOTIFY_SENT = "pending", "sending", "sent"
+NOTIFY_FAILED, NOTIFY_SKIPPED, NOTIFY_UNKNOWN = "failed", "skipped", "unknown"
+
+
+class NotificationSettings(db.Model):
+    """Where and when a founder is told about new questions. No row: the defaults (nothing is sent)."""
+
+    __tablename__ = "notification_settings"
+
+    founder_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(254))
+    email_mode: Mapped[str] = mapped_column(String(10), default=EMAIL_EACH)
+    slack_webhook_url: Mapped[str | None] = mapped_column(Text)
+    slack_user_id: Mapped[str | None] = mapped_column(String(64))  # who may answer from Slack's buttons
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    quiet_start: Mapped[str | None] = mapped_column(String(5))  # local "HH:MM"; both or neither
+    quiet_end: Mapped[str | None] = mapped_column(String(5))
+    digest_sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # the last digest (one an hour)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class NotificationDelivery(db.Model):
+    """One message owed to one founder on one channel, stored by the transaction that made it
+    due (the create of the escalation, the reminder's sweep)."""
+
+    __tablename__ = "notification_deliveries"
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    founder_id: Mapped[str] = mapped_column(String(255))
+    escalation_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    kind: Mapped[str] = mapped_column(String(20))
+    channel: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(20), default=NOTIFY_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)  # while held: the end of the lease
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    target: Mapped[str | None] = mapped_column(Text)  # a Slack response_url (slack_update); else the settings say
+    outcome: Mapped[str | None] = mapped_column(Text)  # the latest outcome, shortened (the settings page)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_notification_deliveries_due", "next_attempt_at",
+              postgresql_where=text("status IN ('pending', 'sending')"),
+              sqlite_where=text("status IN ('pending', 'sending')")),
+        Index("ix_notification_deliveries_founder_id_id", "founder_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class NotificationAttempt(db.Model):
+    """One try of a delivery: when, to where, and what came of it (SPEC §9)."""
+
+    __tablename__ = "notification_attempts"
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("notification_deliveries.id", ondelete="CASCADE"))
+    attempted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    target: Mapped[str | None] = mapped_column(Text)  # the address, or the URL without its secret part
+    status_code: Mapped[int | None] = mapped_column(Integer)  # the SMTP reply code or HTTP status
+    result: Mapped[str] = mapped_column(String(20))  # sent | retry | failed | unknown
+    outcome: Mapped[str | None] = mapped_column(Text)  # the server's answer or the error, shortened
+
+    __table_args__ = (Index("ix_notification_attempts_delivery_id_id", "delivery_id", "id"),)
+
+
+class SpentMailLink(db.Model):
+    """An e-mail's option link that has signed someone in (single-use, like SpentLoginLink, but
+    kept for the links' 7 days)."""
+
+    __tablename__ = "spent_mail_links"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    founder_id: Mapped[str] = mapped_column(String(255))
+    spent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -7,8 +7,12 @@ live in the services.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import ipaddress
 import json
+import re
 import uuid
+import zoneinfo
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,6 +20,7 @@ from pydantic import (
     ValidationError, field_validator, model_validator,
 )
 
+from . import outbound
 from .config import MAX_EVENT_PAYLOAD_BYTES
 from .errors import FieldError, ValidationFailed
 from .events import AGENT_EVENT_TYPES, ENVELOPE_KEYS, SERVER_OWNED_EVENT_TYPES
@@ -367,3 +372,105 @@ def escalation_page_json_bytes(escalations, next_cursor: str | None) -> bytes:
 
 def rule_list_json_bytes(rules) -> bytes:
     return RuleList(items=[RuleResponse.model_validate(rule) for rule in rules]).model_dump_json().encode()
+
+
+# --- notification settings (SPEC §11) -----------------------------------------------------------
+
+_HH_MM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+# Pragmatic, ASCII: one @, no spaces or brackets, a dotted domain of letters, digits and hyphens.
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+class QuietHours(BaseModel):
+    """Local times (the founder's `timezone`) between which nothing is sent; may wrap midnight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(pattern=_HH_MM, description="HH:MM, local", examples=["22:00"])
+    end: str = Field(pattern=_HH_MM, description="HH:MM, local; before start: the quiet hours wrap midnight",
+                     examples=["08:00"])
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("start and end must differ (for no quiet hours send null)")
+        return self
+
+
+class NotificationSettingsDocument(BaseModel):
+    """The signed-in founder's notification settings: GET answers them (defaults until set),
+    PUT replaces the whole document (a field left out takes its default)."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    email: Annotated[str, StringConstraints(max_length=254)] | None = Field(
+        None, description="Where e-mail goes; null: no e-mail", examples=["maya@example.com"])
+    email_mode: Literal["each", "digest", "off"] = Field(
+        "each", description="each: a message per question; digest: at most one an hour, listing what arrived "
+                            "since the last; off")
+    slack_webhook_url: Annotated[str, StringConstraints(max_length=2000)] | None = Field(
+        None, description="A Slack incoming-webhook URL (https://); null: no Slack",
+        examples=["https://hooks.slack.com/services/T000/B000/XXXX"])
+    slack_user_id: Annotated[str, StringConstraints(pattern=r"^[UW][A-Z0-9]{1,63}$")] | None = Field(
+        None, description="The founder's Slack member id: the only Slack user whose button clicks decide",
+        examples=["U024BE7LH"])
+    timezone: str = Field("UTC", max_length=64, description="An IANA time zone name", examples=["Europe/Berlin"])
+    quiet_hours: QuietHours | None = Field(None, description="null: send at any hour")
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not _EMAIL.match(value):
+            raise ValueError("not an e-mail address (name@example.com)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        if not known_timezone(value):
+            raise ValueError("not an IANA time zone name (for example Europe/Berlin, America/New_York or UTC)")
+        return value
+
+    @field_validator("slack_webhook_url")
+    @classmethod
+    def _slack_url(cls, value: str | None, info) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        problem = slack_url_problem(value, bool((info.context or {}).get("allow_private")))
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+@functools.cache
+def _timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+def known_timezone(name: str) -> bool:
+    """An IANA name that zoneinfo knows (the tzdata package provides them everywhere)."""
+    return name in _timezones()
+
+
+def slack_url_problem(url: str, allow_private: bool) -> str | None:
+    """Why a Slack webhook URL is refused, or None: https:// only, and no loopback or private
+    host (both allowed with CONSOLE_WEBHOOK_ALLOW_PRIVATE=true, as for webhooks). Names are
+    resolved and checked again at every send (console/outbound.py)."""
+    try:
+        parts = outbound.check_url(url, allow_private)
+    except outbound.RefusedTarget as refused:
+        return str(refused)
+    host = parts.hostname or ""
+    if allow_private:
+        return None
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"{host} is a loopback name (allowed only with CONSOLE_WEBHOOK_ALLOW_PRIVATE=true)"
+    try:
+        reason = outbound.forbidden_reason(str(ipaddress.ip_address(host)))
+    except ValueError:
+        return None  # a name: checked when it is resolved, at send time
+    return f"{host} is a {reason} address (allowed only with CONSOLE_WEBHOOK_ALLOW_PRIVATE=true)" if reason else None

@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, literal_column, select, update
 
 from . import outbound
 from .database import write_transaction
@@ -200,7 +200,8 @@ def _claim(now: dt.datetime, lease_until: dt.datetime) -> list[Claimed]:
     d, e = DELIVERIES.c, ENDPOINTS.c
     due = (select(d.id, d.endpoint_id, d.event_id, d.attempts, d.locked_until)
            .join(ENDPOINTS, e.id == d.endpoint_id)
-           .where(d.status == DELIVERY_PENDING, d.next_attempt_at <= now, e.enabled.is_(True))
+           # the status as a literal: a plan for any value of a parameter could not use the partial index
+           .where(d.status == literal_column(f"'{DELIVERY_PENDING}'"), d.next_attempt_at <= now, e.enabled.is_(True))
            .order_by(d.next_attempt_at).limit(CLAIM_BATCH))
     if db.engine.dialect.name == "postgresql":
         due = due.with_for_update(of=DELIVERIES, skip_locked=True)

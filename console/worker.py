@@ -3,8 +3,11 @@
 Everything that is not an answer to a request happens here. Each kind of work is a
 *task*, registered once with `@task(name)`: a function that, given the time, does one
 batch of what is due in ONE transaction and returns how many items it handled. The
-worker calls every task until it has nothing due, then sleeps until the next tick
-(WORKER_POLL_SECONDS, 1 s by default: due work is picked up within 2 s).
+worker calls the tasks in turn, a batch each, until none has anything due, then sleeps
+until the next tick (WORKER_POLL_SECONDS, 1 s by default: due work is picked up within
+2 s). Webhooks (console/webhooks.py) are the one task with two transactions per batch:
+a claim, and the outcomes after the HTTP calls, so none stays open while a receiver is
+waited on.
 
 What is due is always stored in the database, by the transaction of the change that made
 it due (an escalation's `expires_at` is written by its create), so a crash, a restart or a
@@ -71,18 +74,23 @@ class Worker:
         self.stopping = threading.Event()
 
     def run_once(self) -> dict[str, int]:
-        """Do everything that is due now, task by task, batch by batch; how many of each.
-        Stops between batches when asked to stop."""
-        done: dict[str, int] = {}
+        """Do everything that is due now, batch by batch; how many of each. The tasks take
+        turns, one batch each, while any has more: a backlog of one kind of work (thousands of
+        webhooks) never holds up another (a deadline). Stops between batches when asked to."""
+        done: dict[str, int] = {name: 0 for name in TASKS}
         with self.app.app_context():
             try:
-                for name, registered in TASKS.items():
-                    done[name] = 0
-                    while not self.stopping.is_set():
-                        handled = registered.run(self.clock())
-                        done[name] += handled
-                        if handled < registered.batch:
+                busy = list(TASKS.values())
+                while busy and not self.stopping.is_set():
+                    still_busy = []
+                    for registered in busy:
+                        if self.stopping.is_set():
                             break
+                        handled = registered.run(self.clock())
+                        done[registered.name] += handled
+                        if handled >= registered.batch:
+                            still_busy.append(registered)
+                    busy = still_busy
             finally:
                 db.session.remove()
         return {name: count for name, count in done.items() if count}

@@ -24,6 +24,12 @@ or let the example mint one itself from the signing key, as an orchestrator does
 agent it starts: --mint-with "$CONSOLE_AGENT_JWT_SECRET" (needs PyJWT).
 
 then answer the question in the browser. It exits 0 once every task is settled.
+
+The question has a deadline (--expires-in, 30 minutes by default): if nobody answers, the
+server applies the safe default ("Build a simpler version") and the agent goes ahead with
+it; it says so. Tick "Answer this error the same way from now on" when you answer, run the
+example again, and the second time the create's own response carries the answer (the
+founder's rule): no waiting at all.
 """
 from __future__ import annotations
 
@@ -56,13 +62,15 @@ def log(message: str) -> None:
 
 
 class Agent:
-    def __init__(self, console: ConsoleClient, founder_id: str, project_id: str, job_id: str, decision_timeout: float):
+    def __init__(self, console: ConsoleClient, founder_id: str, project_id: str, job_id: str, decision_timeout: float,
+                 expires_in: int | None = None):
         self.console = console
         self.founder_id = founder_id
         self.project_id = project_id
         self.job_id = job_id
         self.session_id = f"sess-{uuid.uuid4().hex[:8]}"
         self.decision_timeout = decision_timeout
+        self.expires_in = expires_in
         self.decisions: queue.Queue = queue.Queue()
         self.outcomes: dict[str, str] = {}
 
@@ -71,8 +79,10 @@ class Agent:
 
     # -- act: the simulated work
     def attempt_payments(self, attempt: int) -> None:
+        # The request id differs every time; the error signature normalises it (and the
+        # attempt number) away, so the same failure next time is the same question.
         raise RuntimeError(f"stripe.error.AuthenticationError: No API key provided (attempt {attempt}, "
-                           f"request req_{uuid.uuid4().hex[:12]})")
+                           f"request {uuid.uuid4()})")
 
     def run_task(self, name: str) -> None:
         self.event("build.stage.started", stage=name)
@@ -100,8 +110,12 @@ class Agent:
                                   "secret key, and the project doesn't have one.",
             attempts_summary=attempts,
             recommended_action="Use a hosted Stripe payment link for now; it needs no secret key in the app.",
-            options=OPTIONS)
-        log(f"escalated {escalation['id']} — waiting for the founder while I keep working")
+            options=OPTIONS, expires_in=self.expires_in, on_expiry="simpler_version")
+        if escalation["status"] != "pending":  # the founder's remembered decision answered at once
+            log(f"escalated {escalation['id']}: answered at once ({escalation['decided_by']}), no waiting")
+            return self.act_on(escalation)
+        log(f"escalated {escalation['id']} — waiting for the founder (deadline {escalation['expires_at']}, "
+            f"safe default {escalation['on_expiry']!r}) while I keep working")
         waiter = threading.Thread(target=self.wait_for_founder, args=(escalation["id"],), daemon=True)
         waiter.start()
 
@@ -123,9 +137,15 @@ class Agent:
 
     def act_on(self, escalation: dict) -> int:
         status, decision, guidance = escalation["status"], escalation["founder_decision"], escalation["founder_guidance"]
-        self.event("agent.waking", note=f"founder answered: {decision or status}")
+        who = {"rule": "the founder's rule", "expiry": "the deadline (safe default)"}.get(
+            escalation.get("decided_by"), "the founder")
+        self.event("agent.waking", note=f"answered by {who}: {decision or status}")
         if status == "skipped":
             log("the question was withdrawn; nothing to do")
+        elif status == "expired":
+            log("nobody answered in time and there is no safe default; pausing payments")
+            self.event("agent.build_paused", reason="No answer on payments in time")
+            return 2
         elif decision == "skip_feature":
             self.outcomes["payments"] = "skipped"
             log("skipping payments, as the founder decided")
@@ -169,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", default="proj-bakery-shop")
     parser.add_argument("--job", default=None, help="default: the scoped token's, else a new job id")
     parser.add_argument("--decision-timeout", type=float, default=3600)
+    parser.add_argument("--expires-in", type=int, default=1800,
+                        help="the question's deadline in seconds; then the safe default applies (default 1800)")
     args = parser.parse_args(argv)
     token = args.token
     if args.mint_with:
@@ -185,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     founder_id = args.founder or "founder-demo"
     job_id = args.job or f"job-{uuid.uuid4().hex[:10]}"
     log(f"job {job_id} for {founder_id} on {args.url}" + (" with a job-scoped token" if scope else ""))
-    agent = Agent(ConsoleClient(args.url, token), founder_id, args.project, job_id, args.decision_timeout)
+    agent = Agent(ConsoleClient(args.url, token), founder_id, args.project, job_id, args.decision_timeout,
+                  expires_in=args.expires_in)
     return agent.run()
 
 

@@ -219,3 +219,51 @@ def test_the_worker_survives_a_database_outage_and_says_so_once(postgres):
     assert code == 0
     assert log.count("the database is not answering") == 1, log  # said once, not once per retry
     assert "the database is back" in log and "Traceback" not in log, log
+
+
+def run_agent_loop(server, ids, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "agent_loop.py"), "--url", server.url, "--token", AGENT_TOKEN,
+         "--founder", ids.founder_id, "--project", ids.project_id, "--decision-timeout", "60", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_the_example_agent_goes_ahead_with_the_safe_default_when_nobody_answers(fresh_url, ids):
+    with GunicornServer(fresh_url, CONSOLE_SQLITE_POLL_SECONDS=0.2) as server:
+        worker = WorkerProcess(fresh_url)
+        agent = run_agent_loop(server, ids, "--job", ids.job_id, "--expires-in", "2")
+        try:
+            output, _ = agent.communicate(timeout=60)
+        finally:
+            agent.kill()
+            assert worker.stop() == 0
+        events = call(server.url, "GET", f"/api/jobs/{ids.job_id}/events?limit=500")[1]["items"]
+    assert agent.returncode == 0, output
+    assert "payments (hosted payment link)" in output  # it acted on the safe default
+    resolved = [e for e in events if e["type"] == "agent.escalation_resolved"]
+    assert [(e["decided_by"], e["resolution"]) for e in resolved] == [("expiry", "simpler_version")]
+    assert any(e.get("note") == "answered by the deadline (safe default): simpler_version" for e in events)
+
+
+def test_the_second_occurrence_of_a_remembered_error_is_answered_in_the_create(fresh_url, ids):
+    with GunicornServer(fresh_url) as server:
+        first = run_agent_loop(server, ids, "--job", ids.new("job"))
+        try:
+            deadline = time.monotonic() + 30
+            pending = []
+            while not pending and time.monotonic() < deadline:
+                pending = call(server.url, "GET", "/api/escalations?status=pending",
+                               token=mint_jwt(ids.founder_id))[1]["items"]
+                time.sleep(0.1)
+            assert pending, "the agent never escalated"
+            status, body = call(server.url, "POST", f"/api/escalations/{pending[0]['id']}/resolve",
+                                {"decision": "skip_feature", "remember": True}, token=mint_jwt(ids.founder_id))
+            assert status == 200, body
+            output, _ = first.communicate(timeout=60)
+        finally:
+            first.kill()
+        assert first.returncode == 0, output
+        second = run_agent_loop(server, ids, "--job", ids.new("job"))
+        output, _ = second.communicate(timeout=60)
+    assert second.returncode == 0, output
+    assert "answered at once (rule), no waiting" in output and "skipping payments" in output
