@@ -20,7 +20,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .database import configure_engine
     from .errors import register_error_handlers
     from .extensions import csrf, db, migrate
-    from .routes import api, pages, stream
+    from .routes import api, notify, pages, stream
     from .security import init_security
 
     configure(app, test_config)
@@ -34,6 +34,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(pages.bp)
+    notify.init_app(app)  # e-mail links, one-click unsubscribe, Slack's buttons (SPEC §11)
     csrf.exempt(api.bp)  # bearer tokens, never cookies: nothing for a forged form to ride on
     csrf.exempt(stream.bp)
     init_security(app)

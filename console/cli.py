@@ -51,7 +51,7 @@ def register(app: Flask) -> None:
     @app.cli.command("worker")
     @click.option("--once", is_flag=True, help="Do what is due now, then exit.")
     def worker(once: bool) -> None:
-        """Run the worker: expiries, reminders and webhook deliveries.
+        """Run the worker: expiries, reminders, notifications (e-mail, Slack) and webhook deliveries.
         Any number may run against one PostgreSQL; run one on SQLite. SIGTERM / SIGINT stop
         it after the batch in hand."""
         import logging  # noqa: PLC0415

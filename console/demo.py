@@ -4,6 +4,7 @@ from __future__ import annotations
 from .schemas import EscalationCreate
 from .services import escalations as escalation_service
 from .services import jobs as job_service
+from .services import notifications as notification_service
 
 STANDARD_OPTIONS = [
     {"value": "skip_feature", "label": "Skip this feature",
@@ -114,6 +115,8 @@ TIMELINE = {
 def load_demo_data(founder_id: str) -> str:
     if escalation_service.list_founder_escalations(founder_id, limit=1)[0]:
         return "already loaded (nothing added)"
+    # An address before the questions, so their e-mails are written (instance/mail/ without an SMTP server).
+    notification_service.ensure_demo_settings(founder_id, f"{founder_id}@example.com")
     seen_jobs: set[str] = set()
     counts = {"pending": 0, "resolved": 0, "skipped": 0}
     for project_id, job_id, fields, outcome in SCENARIOS:

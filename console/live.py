@@ -33,7 +33,10 @@ def console_frame(founder_id: str, event, *, page: str) -> str:
         escalation = escalation_service.find_escalation(escalation_id, Principal("founder", founder_id))
         if escalation is not None:
             if event.type == SSEEventType.AGENT_WAITING_FOR_INPUT:
-                parts.append(render_template("live/_new_card.html", escalation=escalation))
+                # A rule may have answered it in the same breath: in the inbox it then belongs
+                # with the decided cards (the job page lists all its cards together).
+                target = "decided-cards" if page == "inbox" and escalation.status != "pending" else "pending-cards"
+                parts.append(render_template("live/_new_card.html", escalation=escalation, target=target))
             else:
                 parts.append(render_template("escalations/_card.html", escalation=escalation, oob=True))
             job_id = event.job_id if page == "job" else None  # the job page counts the job's questions

@@ -50,11 +50,18 @@ OPERATIONS: list[tuple[str, str, str, tuple[str, ...], type[BaseModel] | None, t
      (FOUNDER,), None, None, {200: ("The rules", s.RuleList)}),
     ("delete", "/api/me/rules/{rule_id}", "Revoke one of the founder's rules",
      (FOUNDER,), None, None, {204: ("Revoked", None), 404: ("No such rule of yours", s.ProblemDetails)}),
+    ("get", "/api/me/settings", "The founder's notification settings (the defaults until set)",
+     (FOUNDER,), None, None, {200: ("The settings", s.NotificationSettingsDocument)}),
+    ("put", "/api/me/settings", "Replace the founder's notification settings (a field left out takes its default)",
+     (FOUNDER,), None, s.NotificationSettingsDocument,
+     {200: ("The stored settings", s.NotificationSettingsDocument),
+      422: ("A field is invalid: `errors` names it (email, email_mode, slack_webhook_url, slack_user_id, "
+            "timezone, quiet_hours)", s.ProblemDetails)}),
 ]
 
 MODELS = [s.EscalationCreate, s.EscalationOption, s.ResolveRequest, s.SkipRequest, s.EventCreate,
           s.EscalationResponse, s.EscalationPage, s.EventEnvelope, s.EventPage, s.ProblemDetails, s.HealthResponse,
-          s.PreviousDecision, s.RuleResponse, s.RuleList]
+          s.PreviousDecision, s.RuleResponse, s.RuleList, s.NotificationSettingsDocument, s.QuietHours]
 
 COMMON_ERRORS = {
     400: "The body is empty, not valid JSON, or not a JSON object",

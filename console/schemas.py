@@ -451,6 +451,11 @@ def _timezones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones()) | {"UTC"}
 
 
+@functools.cache
+def timezone_names() -> tuple[str, ...]:
+    return tuple(sorted(_timezones()))
+
+
 def known_timezone(name: str) -> bool:
     """An IANA name that zoneinfo knows (the tzdata package provides them everywhere)."""
     return name in _timezones()

@@ -289,6 +289,11 @@ def _record(sent: list[Sent], settings: Settings, lease_until: dt.datetime, now:
     d, e = DELIVERIES.c, ENDPOINTS.c
     ours = (d.id == bindparam("d_id")) & (d.locked_until == lease_until) & (d.status == DELIVERY_PENDING)
     with write_transaction() as session:
+        # An endpoint removed meanwhile took its deliveries with it: record nothing for them
+        # (FOR SHARE keeps the rest from going before this commits).
+        still_there = set(session.execute(select(d.id).where(d.id.in_([item.claimed.delivery_id for item in sent]))
+                                          .with_for_update(read=True)).scalars())
+        attempts = [attempt for attempt in attempts if attempt["delivery_id"] in still_there]
         if attempts:
             session.execute(insert(ATTEMPTS), attempts)
         if delivered:

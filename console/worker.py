@@ -34,6 +34,7 @@ from .database import write_transaction
 from .events import NOTIFY_CHANNEL, SSEEventType, announce, founder_lock_sql, record_event
 from .extensions import db
 from .models import BY_EXPIRY, EXPIRED, PENDING, RESOLVED, AgentEscalation, escalation_option, utcnow
+from .services import notifications as notification_service
 
 log = logging.getLogger("console.worker")
 
@@ -231,8 +232,9 @@ _SETTLE_EXPIRED_POSTGRES = text(f"""
 @task("reminder")
 def mark_reminders_due(now: dt.datetime) -> int:
     """At three quarters of an expiring escalation's time, if it is still pending, its one
-    reminder falls due: `reminded_at` is set, once, in one conditional change. The console
-    shows it on the card; the founder's channels (SPEC §11) send it once they exist."""
+    reminder falls due: `reminded_at` is set, once, in one conditional change, and in the same
+    transaction the reminder is owed to the founder's channels (SPEC §11; the notifications
+    task sends it). The console shows it on the card."""
     columns = ESCALATIONS.c
     due = (select(columns.id)
            .where(columns.status == PENDING, columns.reminder_at.is_not(None), columns.reminded_at.is_(None),
@@ -247,6 +249,7 @@ def mark_reminders_due(now: dt.datetime) -> int:
             .values(reminded_at=now)
             .returning(columns.id, columns.founder_id)
         ).all()
+        notification_service.enqueue_reminders([row.id for row in reminded], now)
     for escalation_id, founder_id in reminded:
         log.info("reminder due for escalation %s (founder %s)", escalation_id, founder_id)
     return len(reminded)
@@ -255,3 +258,7 @@ def mark_reminders_due(now: dt.datetime) -> int:
 # --- webhooks (SPEC §13): its task registers itself on import ------------------------------------
 
 from . import webhooks  # noqa: E402,F401
+
+# --- notifications (SPEC §11): e-mail and Slack, its task registers itself on import -------------
+
+from . import notifications  # noqa: E402,F401

@@ -643,3 +643,55 @@ def test_an_expired_card_says_no_decision_was_made(page, console, sqlite_server)
     expect(the_card).to_have_attribute("data-status", "expired")
     expect(the_card.locator(".decision__choice")).to_contain_text("no decision was made")
     expect(page.locator("#pending-count")).to_have_text(re.compile(r"^\s*0\b"))
+
+
+# --- decision memory (SPEC §12) ------------------------------------------------------------------------
+
+def test_remembering_a_decision_answers_the_next_occurrence_and_revoking_stops_it(page, console):
+    same_error = {"error_message": "KeyError: 'user_42' at /srv/app/signup.py:17"}
+    first = console.escalate(**same_error)
+    console.sign_in(page)
+    the_card = card(page, first)
+    option_label(the_card, "Try a simpler version").click()
+    the_card.get_by_label("Answer this error the same way from now on, in this project").check()
+    submit(the_card).click()
+    expect(the_card.locator(".notice")).to_contain_text("answered the same way from now on")
+
+    answered = console.escalate(job_id=f"job-{uuid.uuid4().hex[:12]}", **same_error)
+    assert answered["status"] == "resolved" and answered["decided_by"] == "rule"
+    page.goto(f"/jobs/{answered['job_id']}")
+    expect(card(page, answered).locator(".decision__choice")).to_contain_text(
+        "Answered by your rule from")
+    card(page, answered).get_by_role("link", name="Revoke this rule").click()
+    expect(page).to_have_url(re.compile(r"/settings#rule-"))
+    rule = page.locator("li.rule").first
+    expect(rule).to_contain_text("Answer: “Try a simpler version”")
+    expect(rule).to_contain_text("answered 1 time since")
+    rule.get_by_role("button", name=re.compile("^Revoke")).click()
+    expect(page.locator("li.rule--revoked")).to_contain_text("Revoked")
+    again = console.escalate(job_id=f"job-{uuid.uuid4().hex[:12]}", **same_error)
+    assert again["status"] == "pending"
+    page.goto(f"/escalations/{again['id']}")
+    the_card = card(page, again)
+    expect(the_card.locator(".memory__choice")).to_contain_text("Last time you chose “Try a simpler version”")
+    the_card.get_by_role("link", name="Same as last time").click()  # fills the form; nothing is sent
+    expect(the_card.locator('input[value="simpler_version"]')).to_be_checked()
+    assert console.read(again["id"])["status"] == "pending"
+
+
+@pytest.mark.parametrize("where", ["inbox", "job"])
+def test_the_live_update_of_the_founders_own_decision_keeps_the_notice_and_focus(page, console, where):
+    escalation = console.escalate()
+    console.sign_in(page)
+    if where == "job":
+        page.goto(f"/jobs/{console.job_id}")
+        page.wait_for_load_state("load")
+    the_card = card(page, escalation)
+    option_label(the_card, "Skip this feature").click()
+    submit(the_card).click()
+    expect(the_card.locator(".notice")).to_contain_text("Sent. The agent has your answer.")
+    if where == "job":  # the live frame of this very decision has arrived (its timeline line)
+        expect(page.locator("#timeline li").last).to_contain_text("You decided: Skip this feature")
+    page.wait_for_timeout(1500)  # and any late frame too
+    expect(the_card.locator(".notice")).to_be_visible()
+    assert focus_is_inside(page, f"escalation-{escalation['id']}")

@@ -36,7 +36,9 @@ def columns(url: str, table: str) -> set[str]:
 
 
 WEBHOOK_TABLES = {"webhook_endpoints", "webhook_deliveries", "webhook_attempts"}
-ALL_TABLES = {"agent_escalations", "jobs", "job_events", "spent_login_links", "decision_rules"} | WEBHOOK_TABLES
+NOTIFICATION_TABLES = {"notification_settings", "notification_deliveries", "notification_attempts", "spent_mail_links"}
+ALL_TABLES = ({"agent_escalations", "jobs", "job_events", "spent_login_links", "decision_rules"} | WEBHOOK_TABLES
+              | NOTIFICATION_TABLES)
 
 
 def triggers(url: str) -> set[str]:
@@ -57,14 +59,18 @@ def test_upgrade_downgrade_upgrade_round_trip(scratch_url):
     migrate(scratch_url)
     assert tables(scratch_url) == ALL_TABLES
     assert triggers(scratch_url) == {"webhook_deliveries_for_event"}
+    migrate(scratch_url, "-1", "downgrade")  # 0007 notifications
+    assert tables(scratch_url) == ALL_TABLES - NOTIFICATION_TABLES
+    assert triggers(scratch_url) == {"webhook_deliveries_for_event"}
+    before = ALL_TABLES - NOTIFICATION_TABLES
     migrate(scratch_url, "-1", "downgrade")  # 0006 webhooks
-    assert tables(scratch_url) == ALL_TABLES - WEBHOOK_TABLES and triggers(scratch_url) == set()
+    assert tables(scratch_url) == before - WEBHOOK_TABLES and triggers(scratch_url) == set()
     migrate(scratch_url, "-1", "downgrade")  # 0005 decision memory
-    assert tables(scratch_url) == ALL_TABLES - WEBHOOK_TABLES - {"decision_rules"}
+    assert tables(scratch_url) == before - WEBHOOK_TABLES - {"decision_rules"}
     assert "rule_id" not in columns(scratch_url, "agent_escalations")
     assert "expires_at" in columns(scratch_url, "agent_escalations")
     migrate(scratch_url, "-1", "downgrade")  # 0004 expiry and audit
-    base_tables = ALL_TABLES - WEBHOOK_TABLES - {"decision_rules"}
+    base_tables = before - WEBHOOK_TABLES - {"decision_rules"}
     assert tables(scratch_url) == base_tables and "expires_at" not in columns(scratch_url, "agent_escalations")
     assert "founder_id" in columns(scratch_url, "job_events")
     migrate(scratch_url, "-1", "downgrade")

@@ -585,6 +585,7 @@ class WorkerProcess:
         finally:
             if self.process.poll() is None:
                 self.process.kill()
+            self.final_text = self.text()  # everything it logged, to its last line
             self.log.close()
 
 
@@ -695,8 +696,8 @@ def test_two_workers_on_postgresql_never_send_one_delivery_twice(postgres, recei
             assert wait_until(lambda: delivery_statuses(url) == {"delivered": 400}, timeout=60), \
                 [w.text() for w in workers]
         finally:
-            logs = [w.text() for w in workers]
-            assert [w.stop() for w in workers] == [0, 0], logs
+            assert [w.stop() for w in workers] == [0, 0], [w.final_text for w in workers]
+        logs = [w.final_text for w in workers]
         seen = Counter(r.webhook_id for r in receiver.at("/hooks"))
         assert set(seen) == expected and set(seen.values()) == {1}
         assert receiver.most_at_once == 1
@@ -741,3 +742,20 @@ def test_a_thousand_events_to_three_endpoints_drain_while_the_api_answers(fresh_
         assert {r.webhook_id for r in requests} == expected and len(requests) == 1000
         verified(endpoint.secret, requests[-1])
     assert set(answers) == {200} and answers[200] > 0, answers
+
+
+def test_an_endpoint_removed_while_its_delivery_is_in_flight_is_no_trouble(app, client, receiver, ids):
+    endpoint = add_endpoint(app, receiver.url("/slowish"))
+    receiver.scripts["/slowish"] = [Answer(200, delay=0.5)]
+    post_event(client, ids)
+    worker = threading.Thread(target=run_worker, args=(app,))
+    worker.start()
+    assert wait_until(lambda: receiver.at("/slowish"), timeout=10)
+    with app.app_context():
+        service.remove_endpoint(endpoint.id)  # while the worker waits for the receiver
+        db.session.remove()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and deliveries(app) == []
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(WebhookAttempt)) == 0
+        db.session.remove()

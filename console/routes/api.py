@@ -16,6 +16,7 @@ from ..schemas import (
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
 from ..services import memory as memory_service
+from ..services import notifications as notification_service
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -149,3 +150,20 @@ def list_rules():
 def revoke_rule(rule_id: str):
     memory_service.revoke_rule(rule_id, g.principal.founder_id)
     return Response(status=204)
+
+
+# --- the founder's notification settings (SPEC §11) ------------------------------------------
+
+@bp.get("/me/settings")
+@api_auth(agent=False)
+def get_notification_settings():
+    document = notification_service.get_settings(g.principal.founder_id)
+    return json_response(document.model_dump_json().encode())
+
+
+@bp.put("/me/settings")
+@api_auth(agent=False)
+def put_notification_settings():
+    document = notification_service.parse_settings(json_body())
+    notification_service.save_settings(g.principal.founder_id, document)
+    return json_response(document.model_dump_json().encode())

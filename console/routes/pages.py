@@ -27,6 +27,8 @@ from ..services import escalations as escalation_service
 from ..services import jobs as job_service
 from ..services import login_links
 from ..services import memory as memory_service
+from ..services import notifications as notification_service
+from ..services.notifications import notification_timezones, settings_form_document
 
 bp = Blueprint("pages", __name__)
 
@@ -185,7 +187,36 @@ def resolve(escalation_id: str):
 @bp.get("/settings")
 @login_required
 def settings():
-    return render_template("settings.html", rules=memory_service.list_rules(current_founder_id()))
+    notice = "Saved." if request.args.get("saved") else None
+    return _settings_page(200, notice=notice)
+
+
+def _settings_page(status: int, **notifications):
+    founder_id = current_founder_id()
+    notifications.setdefault("form", notification_service.get_settings(founder_id).model_dump())
+    return render_template("settings.html", rules=memory_service.list_rules(founder_id),
+                           deliveries=notification_service.recent_deliveries(founder_id),
+                           timezones=notification_timezones(), **notifications), status
+
+
+@bp.post("/settings/notifications")
+@login_required
+def save_notification_settings():
+    """The settings form (SPEC §11): the same document and checks as PUT /api/me/settings."""
+    form = settings_form_document(request.form)
+    try:
+        document = notification_service.parse_settings(form)
+    except ValidationFailed as error:
+        errors = {e.field.split(".")[0]: e.message for e in error.errors}
+        if is_htmx():
+            return render_template("settings/_notifications.html", form=form, errors=errors,
+                                   timezones=notification_timezones()), 422
+        return _settings_page(422, form=form, errors=errors)
+    notification_service.save_settings(current_founder_id(), document)
+    if is_htmx():
+        return render_template("settings/_notifications.html", form=document.model_dump(), notice="Saved.",
+                               timezones=notification_timezones())
+    return redirect(url_for("pages.settings", saved=1), 303)
 
 
 @bp.post("/settings/rules/<rule_id>/revoke")

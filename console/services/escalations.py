@@ -35,7 +35,7 @@ from ..models import (
 )
 from ..schemas import EscalationCreate
 from ..signatures import error_signature
-from . import memory
+from . import memory, notifications
 from .jobs import check_job_id, claim_job, dialect_insert, possible_job_id
 
 PROVIDE_GUIDANCE = "provide_guidance"  # the conventional option whose answer is the guidance itself
@@ -91,6 +91,8 @@ def create_escalation(job_id: str, data: EscalationCreate, *,
             rule = memory.matching_rule(escalation.founder_id, escalation.project_id, escalation.error_signature)
             if rule is not None and memory.rule_applies(rule, escalation):
                 escalation = _settle_by_rule(escalation, rule, now)
+            if escalation.status == PENDING:  # a rule's answer is never notified (SPEC §11)
+                notifications.enqueue_question(escalation, now)
     return escalation, created
 
 

@@ -67,10 +67,33 @@
       }
     });
   });
+  // The founder's own swap already shows what the live frame of the same change carries:
+  // keep the card (its notice and the focus on it) rather than replacing it by an
+  // identical one without the notice (in the inbox, on the job page, in a second tab the
+  // card that was not acted on still flips).
+  document.addEventListener("htmx:oobBeforeSwap", function (event) {
+    var detail = event.detail || {};
+    var target = detail.target;
+    if (!target || !target.matches || !target.matches("article.card")) return;
+    if (target.querySelector(".htmx-request")) {  // the founder's own post is in flight: its answer comes next
+      detail.shouldSwap = false;
+      return;
+    }
+    if (!target.querySelector(".notice")) return;
+    var fragment = detail.fragment;
+    var incoming = fragment && (fragment.id === target.id ? fragment
+      : fragment.querySelector && fragment.querySelector('[id="' + target.id + '"]'));
+    if (incoming && incoming.getAttribute("data-status") === target.getAttribute("data-status")) {
+      detail.shouldSwap = false;
+    }
+  });
   document.addEventListener("htmx:oobAfterSwap", function () {
     var empty = document.getElementById("pending-empty");
     var list = document.getElementById("pending-cards");
     if (empty && list) empty.hidden = list.children.length > 0;
+    var decidedEmpty = document.getElementById("decided-empty");
+    var decided = document.getElementById("decided-cards");
+    if (decidedEmpty && decided) decidedEmpty.hidden = decided.children.length > 0;
     syncAll(document);
   });
 
