@@ -201,6 +201,9 @@ def principal_from_bearer() -> Principal:
     # Compare digests: constant time whatever the lengths.
     if hmac.compare_digest(hashlib.sha256(token.encode()).digest(), hashlib.sha256(agent_token.encode()).digest()):
         return AGENT
+    known = _remembered_bearer(token)  # the hot path: a token seen before, still in its time window
+    if known is not None:
+        return known
     # A JWT that says it is an agent's is checked with the agent secret only (never as a
     # founder's); every other JWT only as a founder's, which refuses role "agent" too.
     try:
@@ -210,6 +213,21 @@ def principal_from_bearer() -> Principal:
     if isinstance(unverified, dict) and unverified.get("role") == AGENT_ROLE:
         return verify_agent_jwt(token)
     return Principal("founder", verify_founder_token(token))
+
+
+def _remembered_bearer(token: str) -> Principal | None:
+    """The caller of a JWT whose signature checked out before (either kind), without
+    decoding it again; its time claims are checked on every use."""
+    now = time.time()
+    leeway = current_app.config.get("JWT_LEEWAY_SECONDS", 10)
+    for cache_name, as_principal in (("console_verified_tokens", lambda sub: Principal("founder", sub)),
+                                     ("console_verified_agent_tokens", lambda principal: principal)):
+        hit = current_app.extensions.get(cache_name, {}).get(token)
+        if hit is not None:
+            value, not_before, expires = hit
+            if not_before - leeway <= now < expires + leeway:
+                return as_principal(value)
+    return None
 
 
 def api_auth(*, founder: bool = True, agent: bool = True) -> Callable:
