@@ -68,18 +68,15 @@ def json_response(body: bytes, status: int = 200) -> Response:
 def get_escalation(escalation_id: str):
     wait = query(EscalationQuery).wait
     if wait:
-        escalation = realtime.wait_until_settled(escalation_id, g.principal, wait)
-    else:
-        escalation = escalation_service.get_escalation(escalation_id, g.principal)
-    return json_response(escalation_json_bytes(escalation))
+        return json_response(escalation_json_bytes(realtime.wait_until_settled(escalation_id, g.principal, wait)))
+    return json_response(escalation_service.escalation_json(escalation_id, g.principal))
 
 
 @bp.get("/jobs/<job_id>/escalations")
 @api_auth()
 def list_job_escalations(job_id: str):
     params = query(JobEscalationsQuery)
-    items = escalation_service.list_job_escalations(job_id, g.principal, params.status)
-    return json_response(escalation_list_json_bytes(items))
+    return json_response(escalation_service.job_escalations_json(job_id, g.principal, params.status))
 
 
 @bp.post("/jobs/<job_id>/escalations")

@@ -33,9 +33,9 @@ from ..models import (
     BY_AGENT, BY_EXPIRY, BY_FOUNDER, BY_RULE, EXPIRED, PENDING, RESOLVED, SKIPPED, VIA_API, AgentEscalation, escalation_option,
     utcnow,
 )
-from ..schemas import EscalationCreate
+from ..schemas import EscalationCreate, escalation_json_bytes, escalation_list_json_bytes
 from ..signatures import error_signature
-from . import memory, notifications
+from . import json_reads, memory, notifications
 from .jobs import check_job_id, claim_job, dialect_insert, possible_job_id
 
 PROVIDE_GUIDANCE = "provide_guidance"  # the conventional option whose answer is the guidance itself
@@ -191,6 +191,27 @@ def list_job_escalations(job_id: str, principal: Principal, status: str | None =
         return []
     query = _job_escalations_query(db.engine.dialect.name, not principal.is_orchestrator, bool(status))
     return read_rows(query, {"job_id": job_id, "founder_id": principal.founder_id, "status": status})
+
+
+def escalation_json(escalation_id: str | uuid.UUID, principal: Principal) -> bytes:
+    """The API's JSON of one escalation (NotFound like get_escalation). On PostgreSQL the
+    database builds it (services/json_reads.py); elsewhere the row is serialised here."""
+    parsed = _parse_id(escalation_id)
+    if parsed is not None and db.engine.dialect.name == "postgresql":
+        document = json_reads.escalation_document(parsed, principal)
+        if document is None:
+            raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
+        return document
+    return escalation_json_bytes(get_escalation(escalation_id, principal))
+
+
+def job_escalations_json(job_id: str, principal: Principal, status: str | None = None) -> bytes:
+    """The API's JSON list of a job's escalations, newest first ([] for an unknown or foreign job)."""
+    if not possible_job_id(job_id) or not principal.sees_job(job_id):
+        return b"[]"
+    if db.engine.dialect.name == "postgresql":
+        return json_reads.job_escalations_document(job_id, principal, status)
+    return escalation_list_json_bytes(list_job_escalations(job_id, principal, status))
 
 
 def encode_cursor(escalation: Escalation) -> str:

@@ -1,0 +1,84 @@
+"""The two hottest reads, answered as JSON that PostgreSQL builds (what the ceiling in
+../shared/peers does): one escalation by id, and a job's escalations. The document is the
+API's `EscalationResponse`, key for key and value for value (tests/test_json_reads.py
+compares it with the pydantic serialisation of the same rows), so the app only passes
+bytes through: no row objects, no validation, no serialisation in Python.
+
+On SQLite, and for everything else, the services read rows and `schemas` serialises them.
+"""
+from __future__ import annotations
+
+import functools
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+
+from ..auth import Principal
+from ..database import read_rows
+
+ESCALATION_FIELDS = (
+    "id", "session_id", "job_id", "project_id", "founder_id", "error_type", "error_signature",
+    "plain_english_problem", "attempts_summary", "recommended_action", "options", "status", "founder_decision",
+    "founder_guidance", "created_at", "resolved_at", "occurrences", "last_seen_at", "expires_at", "on_expiry",
+    "decided_by", "decided_via", "rule_id",
+)
+TIMESTAMPS = {"created_at", "resolved_at", "last_seen_at", "expires_at"}
+
+
+def _iso(column: str) -> str:
+    """Python's datetime.isoformat() of a UTC timestamp: microseconds only when there are any."""
+    return (f"(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
+            f"CASE WHEN date_part('microseconds', {column})::bigint % 1000000 = 0 THEN '' "
+            f"ELSE to_char({column} AT TIME ZONE 'UTC', '.US') END || '+00:00')")
+
+
+def _document(alias: str) -> str:
+    """json_build_object(...) of one escalation row `alias`, in EscalationResponse's order."""
+    pairs = []
+    for name in ESCALATION_FIELDS:
+        value = _iso(f"{alias}.{name}") if name in TIMESTAMPS else f"{alias}.{name}"
+        pairs.append(f"'{name}', {value}")
+    previous = f"""(
+        SELECT json_build_object(
+                   'escalation_id', previous.id, 'decision', previous.founder_decision,
+                   'label', (SELECT option ->> 'label' FROM jsonb_array_elements(previous.options) AS option
+                              WHERE option ->> 'value' = previous.founder_decision LIMIT 1),
+                   'guidance', previous.founder_guidance, 'decided_at', {_iso("previous.resolved_at")})
+          FROM agent_escalations AS previous
+         WHERE previous.founder_id = {alias}.founder_id AND previous.project_id = {alias}.project_id
+           AND previous.error_signature = {alias}.error_signature AND previous.id <> {alias}.id
+           AND previous.status = 'resolved' AND previous.decided_by = 'founder'
+         ORDER BY previous.resolved_at DESC LIMIT 1)"""
+    pairs.append(f"'previous_decision', {previous}")
+    return "json_build_object(" + ", ".join(pairs) + ")"
+
+
+_ONE = text(f"SELECT {_document('e')}::text AS document, e.founder_id, e.job_id "
+            "FROM agent_escalations AS e WHERE e.id = :id")
+
+
+@functools.cache
+def _job_list(of_founder: bool, with_status: bool):
+    where = ["e.job_id = :job_id"]
+    if of_founder:
+        where.append("e.founder_id = :founder_id")
+    if with_status:
+        where.append("e.status = :status")
+    return text(f"SELECT coalesce(json_agg({_document('e')} ORDER BY e.created_at DESC, e.id DESC), '[]')::text "
+                f"FROM agent_escalations AS e WHERE {' AND '.join(where)}")
+
+
+def escalation_document(escalation_id: uuid.UUID, principal: Principal) -> bytes | None:
+    """The API's JSON of one escalation the caller may see, or None (missing or not theirs)."""
+    rows = read_rows(_ONE, {"id": escalation_id})
+    if not rows or not principal.sees(rows[0].founder_id, rows[0].job_id):
+        return None
+    return rows[0].document.encode()
+
+
+def job_escalations_document(job_id: str, principal: Principal, status: str | None) -> bytes:
+    """The API's JSON list of a job's escalations, newest first (the caller's only)."""
+    query = _job_list(not principal.is_orchestrator, bool(status))
+    params: dict[str, Any] = {"job_id": job_id, "founder_id": principal.founder_id, "status": status}
+    return read_rows(query, params)[0][0].encode()
