@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, render_template
 
-from .models import EXPIRED, KIND_REMINDER, PENDING, RESOLVED, SKIPPED, escalation_option
+from .models import EXPIRED, KIND_REMINDER, RESOLVED, SKIPPED, escalation_option
 from .services import notifications as service
 
 SUBJECT_LINE = 80  # characters of the problem's first line in a subject
@@ -247,7 +247,3 @@ def slack_settled(escalation: Any, settings: Any, note: str | None = None) -> di
     blocks = _question_blocks(escalation, "question", settings)[:2] + [
         {"type": "section", "text": _plain(outcome, 3000)}]
     return {"replace_original": True, "text": slack_escape(f"[{escalation.project_id}] {outcome}"), "blocks": blocks}
-
-
-def is_pending(escalation: Any) -> bool:
-    return escalation is not None and escalation.status == PENDING

@@ -56,7 +56,7 @@ from . import messages, outbound
 from .database import read_rows, write_transaction
 from .extensions import db
 from .models import (
-    CHANNEL_EMAIL, CHANNEL_SLACK, EMAIL_DIGEST, EMAIL_OFF, KIND_SLACK_UPDATE, NOTIFY_FAILED, NOTIFY_PENDING,
+    CHANNEL_EMAIL, EMAIL_DIGEST, EMAIL_OFF, KIND_SLACK_UPDATE, NOTIFY_FAILED, NOTIFY_PENDING,
     NOTIFY_SENDING, NOTIFY_SENT, NOTIFY_SKIPPED, NOTIFY_UNKNOWN, PENDING, AgentEscalation, NotificationAttempt,
     NotificationDelivery, NotificationSettings,
 )

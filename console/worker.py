@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Callable
 
+import psycopg
 from flask import Flask
 from sqlalchemy import case, select, text
 from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
@@ -73,6 +74,7 @@ class Worker:
         self.clock = clock
         self.poll_seconds = float(poll_seconds if poll_seconds is not None else app.config["WORKER_POLL_SECONDS"])
         self.stopping = threading.Event()
+        self.woken = threading.Event()  # set to tick now (an event was stored, or stop())
 
     def run_once(self) -> dict[str, int]:
         """Do everything that is due now, batch by batch; how many of each. The tasks take
@@ -100,6 +102,9 @@ class Worker:
         """Tick until SIGTERM / SIGINT (or stop()). A database outage is reported once, then
         retried with backoff, and its end is reported too."""
         log.info("worker started: tasks %s, every %.1f s", ", ".join(TASKS), self.poll_seconds)
+        with self.app.app_context():
+            if db.engine.dialect.name == "postgresql":
+                threading.Thread(target=self._wake_on_events, name="console-worker-wake", daemon=True).start()
         outage_since: float | None = None
         backoff = self.poll_seconds
         while not self.stopping.is_set():
@@ -118,11 +123,30 @@ class Worker:
                 outage_since, backoff = None, self.poll_seconds
             if done:
                 log.info("done: %s", ", ".join(f"{count} {name}" for name, count in done.items()))
-            self.stopping.wait(self.poll_seconds)
+            self.woken.wait(self.poll_seconds)
+            self.woken.clear()
         log.info("worker stopped")
+
+    def _wake_on_events(self) -> None:
+        """PostgreSQL: a stored event (NOTIFY at its commit) may have made work due at once —
+        a webhook delivery, a notification —, so the next tick starts then, not at the poll
+        interval. Without this connection (it reconnects quietly) the poll still ticks."""
+        with self.app.app_context():
+            conninfo = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as connection:
+                    connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    while not self.stopping.is_set():
+                        for _ in connection.notifies(timeout=5.0, stop_after=1):
+                            self.woken.set()
+                        connection.execute("SELECT 1")
+            except Exception:  # the main loop reports outages; this is only a shortcut
+                self.stopping.wait(2.0)
 
     def stop(self, *_signal_args) -> None:
         self.stopping.set()
+        self.woken.set()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)

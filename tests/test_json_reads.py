@@ -82,3 +82,13 @@ def test_timestamps_are_utc_whatever_the_sessions_time_zone(pg_app, make_escalat
             document = connection.execute(json_reads._ONE, {"id": service.get_escalation(record["id"], AGENT).id}).one()
         stored = dt.datetime.fromisoformat(json.loads(document.document)["created_at"])
     assert stored.utcoffset() == dt.timedelta(0) and stored == dt.datetime.fromisoformat(record["created_at"])
+
+
+def test_the_resolve_answers_with_the_same_document(pg_app, client, founder, make_escalation, ids):
+    record = make_escalation()
+    answered = client.post(f"/api/escalations/{record['id']}/resolve", headers=founder(),
+                           json={"decision": "provide_guidance", "guidance": AWKWARD})
+    assert answered.status_code == 200
+    with pg_app.app_context():
+        stored = escalation_json_bytes(service.get_escalation(record["id"], AGENT))
+    assert answered.get_json() == json.loads(stored)

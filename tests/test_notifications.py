@@ -32,7 +32,7 @@ from sqlalchemy import select, update
 from conftest import AGENT_TOKEN, DEFAULT_OPTIONS, dispose, free_port, make_app, migrate, mint_jwt
 from console.database import read_rows, write_transaction
 from console.extensions import db
-from console.models import NotificationAttempt, NotificationDelivery, NotificationSettings, utcnow
+from console.models import NotificationAttempt, NotificationDelivery, utcnow
 from console.services import notifications as service
 from console.worker import Worker
 

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from test_browser import Console, browser, card, new_context, option_label, page, submit  # noqa: F401  (fixtures)
+from test_browser import Console, browser, card, new_context, page, submit  # noqa: F401  (fixtures)
 from playwright.sync_api import expect  # noqa: E402  (test_browser skips the module without Chromium)
 
 from conftest import ThreadedServer, dispose, make_app, migrate

@@ -101,9 +101,8 @@ def list_founder_escalations():
 @api_auth(agent=False)
 def resolve_escalation(escalation_id: str):
     data = parse(ResolveRequest, json_body())
-    escalation = escalation_service.resolve_escalation(escalation_id, g.principal.founder_id,
-                                                       data.decision, data.guidance, remember=data.remember)
-    return json_response(escalation_json_bytes(escalation))
+    return json_response(escalation_service.resolve_escalation_json(
+        escalation_id, g.principal.founder_id, data.decision, data.guidance, remember=data.remember))
 
 
 @bp.post("/escalations/<escalation_id>/skip")

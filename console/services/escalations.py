@@ -323,13 +323,26 @@ def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision
     for `provide_guidance` and options that say so. The first decision wins: it is one
     conditional UPDATE, so under any number of concurrent resolves exactly one applies and
     emits `agent.escalation_resolved`. A retry of the same decision answers the record."""
+    return _resolve(escalation_id, founder_id, decision, guidance, via, remember, as_document=False)
+
+
+def resolve_escalation_json(escalation_id: str | uuid.UUID, founder_id: str, decision: str | None,
+                            guidance: str | None, *, via: str = VIA_API, remember: bool = False) -> bytes:
+    """resolve_escalation, answered as the API's JSON of the record: on PostgreSQL the
+    decision's one statement also builds the document (services/json_reads.py)."""
+    result = _resolve(escalation_id, founder_id, decision, guidance, via, remember, as_document=True)
+    return result if isinstance(result, bytes) else escalation_json_bytes(result)
+
+
+def _resolve(escalation_id: str | uuid.UUID, founder_id: str, decision: str | None, guidance: str | None,
+             via: str, remember: bool, *, as_document: bool) -> Escalation | bytes:
     parsed = _parse_id(escalation_id)
     if parsed is None:
         raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     decision = (decision or "").strip()
     guidance = (guidance or "").strip() or None
     if db.engine.dialect.name == "postgresql" and not remember:
-        won = _resolve_in_one_statement(parsed, founder_id, decision, guidance, via)
+        won = _resolve_in_one_statement(parsed, founder_id, decision, guidance, via, as_document)
     else:
         won = _resolve_in_transaction(parsed, founder_id, decision, guidance, via, remember)
     if won is not None:
@@ -371,7 +384,7 @@ def _resolve_in_transaction(escalation_id: uuid.UUID, founder_id: str, decision:
 
 
 def _resolve_in_one_statement(escalation_id: uuid.UUID, founder_id: str, decision: str,
-                              guidance: str | None, via: str) -> Escalation | None:
+                              guidance: str | None, via: str, as_document: bool = False) -> Escalation | bytes | None:
     """PostgreSQL: the whole decision in one autocommit statement, one round trip (what
     the ceiling in ../shared/peers does): the conditional UPDATE whose WHERE also checks
     the decision against the options, the founder's event-ordering lock, the event and its
@@ -381,7 +394,7 @@ def _resolve_in_one_statement(escalation_id: uuid.UUID, founder_id: str, decisio
                "guidance": guidance, "resolved_at": resolved_at.isoformat(), "decided_by": BY_FOUNDER,
                "decided_via": via}
     with db.engine.begin() as connection:  # the engine autocommits: no BEGIN, no COMMIT round trip
-        won = connection.execute(_RESOLVE_ONE_STATEMENT, {
+        won = connection.execute(_RESOLVE_ONE_STATEMENT_DOCUMENT if as_document else _RESOLVE_ONE_STATEMENT, {
             "id": escalation_id, "founder_id": founder_id, "decision": decision, "guidance": guidance,
             "resolved_at": resolved_at, "payload": json.dumps(payload), "type": SSEEventType.AGENT_ESCALATION_RESOLVED,
             "provide_guidance": PROVIDE_GUIDANCE, "channel": NOTIFY_CHANNEL, "by": BY_FOUNDER, "via": via,
@@ -389,7 +402,7 @@ def _resolve_in_one_statement(escalation_id: uuid.UUID, founder_id: str, decisio
     if won is None:
         return None
     announce([(won.event_id, won.job_id, won.founder_id)])
-    return won
+    return won.document.encode() if as_document else won
 
 
 _ESCALATION_COLUMNS = ", ".join(column.name for column in ESCALATIONS.c)
@@ -403,7 +416,7 @@ _PREVIOUS_DECISION_SQL = """
        AND previous.error_signature = won.error_signature AND previous.id <> won.id
        AND previous.status = 'resolved' AND previous.decided_by = 'founder'
      ORDER BY previous.resolved_at DESC LIMIT 1"""
-_RESOLVE_ONE_STATEMENT = text(f"""
+_RESOLVE_ONE_STATEMENT_CTES = f"""
     WITH won AS (
         UPDATE agent_escalations
            SET status = 'resolved', founder_decision = :decision, founder_guidance = :guidance,
@@ -429,10 +442,18 @@ _RESOLVE_ONE_STATEMENT = text(f"""
                :resolved_at
           FROM won, ordering
         RETURNING id, pg_notify(:channel, json_build_array(id, job_id, founder_id)::text)
-    )
+    )"""
+_RESOLVE_ONE_STATEMENT = text(f"""{_RESOLVE_ONE_STATEMENT_CTES}
     SELECT {_ESCALATION_COLUMNS}, (SELECT id FROM event) AS event_id, ({_PREVIOUS_DECISION_SQL}) AS previous_decision
       FROM won
 """).columns(*ESCALATIONS.c, column("event_id", BigInteger), column("previous_decision", JSON))
+# The same decision, answered as the API's document (four columns, not twenty-seven: psycopg
+# and SQLAlchemy then have next to nothing to convert).
+_RESOLVE_ONE_STATEMENT_DOCUMENT = text(json_reads.compact(f"""{_RESOLVE_ONE_STATEMENT_CTES}
+    SELECT {json_reads.document_sql("won")}::text AS document, won.job_id, won.founder_id,
+           (SELECT id FROM event) AS event_id
+      FROM won
+"""))
 
 
 def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None, *,

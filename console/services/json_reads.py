@@ -28,12 +28,17 @@ TIMESTAMPS = {"created_at", "resolved_at", "last_seen_at", "expires_at"}
 
 def _iso(column: str) -> str:
     """Python's datetime.isoformat() of a UTC timestamp: microseconds only when there are any."""
-    return (f"(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
-            f"CASE WHEN date_part('microseconds', {column})::bigint % 1000000 = 0 THEN '' "
-            f"ELSE to_char({column} AT TIME ZONE 'UTC', '.US') END || '+00:00')")
+    return (f"(regexp_replace(to_char({column} AT TIME ZONE 'UTC','YYYY-MM-DD\"T\"HH24:MI:SS.US'),"
+            f"'\\.0{{6}}$','')||'+00:00')")
 
 
-def _document(alias: str) -> str:
+def compact(sql: str) -> str:
+    """One space between words: psycopg re-parses (does not cache) statements over 4 KiB,
+    and indentation is most of ours. (No literal in them holds two spaces in a row.)"""
+    return " ".join(sql.split())
+
+
+def document_sql(alias: str) -> str:
     """json_build_object(...) of one escalation row `alias`, in EscalationResponse's order."""
     pairs = []
     for name in ESCALATION_FIELDS:
@@ -51,10 +56,10 @@ def _document(alias: str) -> str:
            AND previous.status = 'resolved' AND previous.decided_by = 'founder'
          ORDER BY previous.resolved_at DESC LIMIT 1)"""
     pairs.append(f"'previous_decision', {previous}")
-    return "json_build_object(" + ", ".join(pairs) + ")"
+    return compact("json_build_object(" + ", ".join(pairs) + ")")
 
 
-_ONE = text(f"SELECT {_document('e')}::text AS document, e.founder_id, e.job_id "
+_ONE = text(f"SELECT {document_sql('e')}::text AS document, e.founder_id, e.job_id "
             "FROM agent_escalations AS e WHERE e.id = :id")
 
 
@@ -65,7 +70,7 @@ def _job_list(of_founder: bool, with_status: bool):
         where.append("e.founder_id = :founder_id")
     if with_status:
         where.append("e.status = :status")
-    return text(f"SELECT coalesce(json_agg({_document('e')} ORDER BY e.created_at DESC, e.id DESC), '[]')::text "
+    return text(f"SELECT coalesce(json_agg({document_sql('e')} ORDER BY e.created_at DESC, e.id DESC), '[]')::text "
                 f"FROM agent_escalations AS e WHERE {' AND '.join(where)}")
 
 
