@@ -75,7 +75,7 @@ def create_escalation(job_id: str, data: EscalationCreate, *,
             index_where=text("status = 'pending'"),
             set_={"occurrences": ESCALATIONS.c.occurrences + 1, "last_seen_at": now},
         )
-        .returning(*ESCALATIONS.c, memory.previous_decision_returning())
+        .returning(*ESCALATIONS.c, memory.previous_decision_returning(), memory.rule_exists_returning())
     )
     with write_transaction():
         claim_job(job_id, data.founder_id, data.project_id)
@@ -88,7 +88,8 @@ def create_escalation(job_id: str, data: EscalationCreate, *,
                 "error_type": escalation.error_type,
                 "plain_english_problem": escalation.plain_english_problem,
             })
-            rule = memory.matching_rule(escalation.founder_id, escalation.project_id, escalation.error_signature)
+            rule = memory.matching_rule(escalation.founder_id, escalation.project_id, escalation.error_signature) \
+                if escalation.rule_exists else None
             if rule is not None and memory.rule_applies(rule, escalation):
                 escalation = _settle_by_rule(escalation, rule, now)
             if escalation.status == PENDING:  # a rule's answer is never notified (SPEC §11)

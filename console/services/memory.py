@@ -78,6 +78,18 @@ def _previous_decision_returning(dialect: str) -> ColumnElement:
          ORDER BY previous.resolved_at DESC LIMIT 1)""").label("previous_decision")
 
 
+_RULE_EXISTS_RETURNING = literal_column(
+    "(SELECT 1 FROM decision_rules AS rule WHERE rule.founder_id = agent_escalations.founder_id "
+    "AND rule.project_id = agent_escalations.project_id "
+    "AND rule.error_signature = agent_escalations.error_signature)").label("rule_exists")
+
+
+def rule_exists_returning() -> ColumnElement:
+    """For a create's RETURNING: 1 when the founder has a rule for this project's error,
+    so that the rule itself is read (and locked) only then, not on every create."""
+    return _RULE_EXISTS_RETURNING
+
+
 def previous_decision_returning() -> ColumnElement:
     """The same, for the RETURNING clause of a write to agent_escalations (SQLAlchemy would
     not qualify the correlated columns there, and `previous` has the same names)."""

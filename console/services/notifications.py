@@ -16,6 +16,7 @@ unsubscribe link names the founder and turns e-mail off with a POST, without a s
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 import uuid
 from typing import Any
@@ -24,7 +25,7 @@ from urllib.parse import urlencode, urlsplit
 from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 from pydantic import ValidationError
-from sqlalchemy import Row, bindparam, delete, func, insert, literal, select, union_all
+from sqlalchemy import Row, String, bindparam, delete, func, insert, literal, select, union_all
 
 from ..database import read_rows, write_transaction
 from ..errors import ValidationFailed
@@ -124,14 +125,22 @@ def ensure_demo_settings(founder_id: str, email: str) -> None:
 
 # --- what is owed ---------------------------------------------------------------------------------
 
-def _owed_rows(kind: str, channel: str, now: dt.datetime):
+def _owed_rows(channel: str):
     e, s = ESCALATIONS.c, SETTINGS.c
     wanted = ((s.email.is_not(None)) & (s.email_mode != EMAIL_OFF) if channel == CHANNEL_EMAIL
               else s.slack_webhook_url.is_not(None))
-    return (select(e.founder_id, e.id, literal(kind), literal(channel), literal(NOTIFY_PENDING), literal(0),
-                   literal(now, UTCDateTime), literal(now, UTCDateTime))
+    now = bindparam("now", type_=UTCDateTime)
+    return (select(e.founder_id, e.id, bindparam("kind", type_=String), literal(channel), literal(NOTIFY_PENDING),
+                   literal(0), now, now)
             .select_from(ESCALATIONS.join(SETTINGS, s.founder_id == e.founder_id))
             .where(e.id.in_(bindparam("ids", expanding=True)), wanted))
+
+
+@functools.cache
+def _enqueue_statement():
+    """Built once (every create runs it): kind, now and ids are bound per call."""
+    owed = union_all(_owed_rows(CHANNEL_EMAIL), _owed_rows(CHANNEL_SLACK))
+    return insert(DELIVERIES).from_select(_OWED_COLUMNS, owed)
 
 
 _OWED_COLUMNS = ["founder_id", "escalation_id", "kind", "channel", "status", "attempts", "next_attempt_at",
@@ -143,8 +152,7 @@ def _enqueue(escalation_ids: list[uuid.UUID], kind: str, now: dt.datetime) -> No
     founder has on, due now."""
     if not escalation_ids:
         return
-    owed = union_all(_owed_rows(kind, CHANNEL_EMAIL, now), _owed_rows(kind, CHANNEL_SLACK, now))
-    db.session.execute(insert(DELIVERIES).from_select(_OWED_COLUMNS, owed), {"ids": list(escalation_ids)})
+    db.session.execute(_enqueue_statement(), {"ids": list(escalation_ids), "kind": kind, "now": now})
 
 
 def enqueue_question(escalation: Any, now: dt.datetime | None = None) -> None:
