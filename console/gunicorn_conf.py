@@ -12,7 +12,7 @@ What bounds the number of open clients (README, "Capacity"):
 * `worker_connections` per worker (CONSOLE_WORKER_CONNECTIONS, default 5000): past it a
   worker stops accepting, and the kernel queues new connections in the `backlog`;
 * the file descriptors of a worker (`ulimit -n`; one per client, plus the pool's);
-* memory: about 60 KiB per open stream (greenlet stack, socket buffers, the generator);
+* memory: about 34 KiB per open client (greenlet, socket buffers, the generator: measured);
 * the database pool (CONSOLE_POOL_SIZE + overflow, per worker) bounds how many requests
   run a statement at the same moment: waiting clients hold no connection.
 
