@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 
 from .auth import AGENT, Principal
 from .events import event_envelope, list_events, list_founder_events
-from .hub import EventHub, current_hub, founder_key, init_app, job_key  # noqa: F401  (init_app, re-exported)
+from .hub import EventHub, current_hub, founder_key, job_key
 from .models import PENDING
 from .errors import NotFound
 from .services.escalations import Escalation, find_escalation, get_escalation

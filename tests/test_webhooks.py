@@ -14,12 +14,8 @@ import dataclasses
 import datetime as dt
 import email.utils
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -32,7 +28,8 @@ from sqlalchemy.pool import NullPool
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from conftest import AGENT_TOKEN, JWT_SECRET, REPO, SECRET_KEY, GunicornServer, dispose, make_app, migrate, mint_jwt
+import test_worker_processes as worker_processes
+from conftest import AGENT_TOKEN, GunicornServer, dispose, make_app, migrate, mint_jwt
 from console import outbound
 from console.database import write_transaction
 from console.events import record_event
@@ -560,33 +557,12 @@ def test_the_cli_adds_lists_shows_deliveries_redelivers_and_removes(app, client,
 
 # --- real processes ------------------------------------------------------------------------------
 
-class WorkerProcess:
-    """`flask --app console worker` in a process of its own, configured for a test receiver."""
+class WorkerProcess(worker_processes.WorkerProcess):
+    """The worker process of tests/test_worker_processes.py, configured for a test receiver."""
 
     def __init__(self, database_url: str, *args: str, **env: str):
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="console-worker-", suffix=".log")
-        environment = {**os.environ, "DATABASE_URL": database_url, "CONSOLE_JWT_SECRET": JWT_SECRET,
-                       "CONSOLE_AGENT_TOKEN": AGENT_TOKEN, "CONSOLE_SECRET_KEY": SECRET_KEY,
-                       "CONSOLE_WORKER_POLL_SECONDS": "0.2", "CONSOLE_WEBHOOK_ALLOW_PRIVATE": "true",
-                       "CONSOLE_WEBHOOK_RETRY_SCHEDULE": "0.2,0.2,0.2", "PYTHONUNBUFFERED": "1", **env}
-        self.process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "console", "worker", *args],
-                                        cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        self.log.flush()
-        with open(self.log.name) as fh:
-            return fh.read()
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.final_text = self.text()  # everything it logged, to its last line
-            self.log.close()
+        super().__init__(database_url, *args, **{"CONSOLE_WEBHOOK_ALLOW_PRIVATE": "true",
+                                                 "CONSOLE_WEBHOOK_RETRY_SCHEDULE": "0.2,0.2,0.2", **env})
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

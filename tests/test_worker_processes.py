@@ -27,11 +27,11 @@ pytestmark = pytest.mark.slow
 class WorkerProcess:
     """`flask --app console worker` in a process of its own, its log kept for the asserts."""
 
-    def __init__(self, database_url: str, *args: str):
+    def __init__(self, database_url: str, *args: str, **extra_env: str):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="console-worker-", suffix=".log")
         env = {**os.environ, "DATABASE_URL": database_url, "CONSOLE_JWT_SECRET": JWT_SECRET,
                "CONSOLE_AGENT_TOKEN": AGENT_TOKEN, "CONSOLE_SECRET_KEY": SECRET_KEY,
-               "CONSOLE_WORKER_POLL_SECONDS": "0.2", "PYTHONUNBUFFERED": "1"}
+               "CONSOLE_WORKER_POLL_SECONDS": "0.2", "PYTHONUNBUFFERED": "1", **extra_env}
         self.process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "console", "worker", *args],
                                         cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -48,6 +48,7 @@ class WorkerProcess:
         finally:
             if self.process.poll() is None:
                 self.process.kill()
+            self.final_text = self.text()  # everything it logged, to its last line
             self.log.close()
 
 

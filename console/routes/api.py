@@ -11,7 +11,7 @@ from ..auth import api_auth
 from ..events import event_envelope
 from ..schemas import (
     EscalationCreate, EscalationQuery, EventCreate, EventsQuery, InboxQuery, JobEscalationsQuery, ResolveRequest,
-    SkipRequest, escalation_json_bytes, rule_list_json_bytes, escalation_list_json_bytes, escalation_page_json_bytes, parse,
+    SkipRequest, escalation_json_bytes, escalation_page_json_bytes, parse, rule_list_json_bytes,
 )
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
