@@ -41,6 +41,11 @@ class WorkerProcess:
             return fh.read()
 
     def stop(self, timeout: float = 20) -> int:
+        # A SIGTERM before the worker installed its handler (still importing) would end it by
+        # the default action: let it start first, as an operator's SIGTERM finds it running.
+        deadline = time.monotonic() + 30
+        while self.process.poll() is None and "worker started" not in self.text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
