@@ -15,9 +15,11 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import jwt
@@ -99,19 +101,29 @@ def postgres() -> ScratchPostgres:
     return ScratchPostgres(url)
 
 
+@contextmanager
+def migrated_database(request, directory: Path, prefix: str) -> Iterator[str]:
+    """A migrated, empty database of the kind `request.param` names ("sqlite": a file in
+    `directory`; "postgresql": a scratch database on the test server, dropped after)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{directory / (prefix + '.db')}"
+        migrate(url)
+        yield url
+        return
+    scratch = request.getfixturevalue("postgres")
+    url = scratch.create(prefix)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        scratch.drop(url)
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request, tmp_path_factory):
     """A migrated, empty database of each kind, for the whole session."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'console.db'}"
-        migrate(url)
+    with migrated_database(request, tmp_path_factory.mktemp("db"), "console_test") as url:
         yield url
-    else:
-        scratch = request.getfixturevalue("postgres")
-        url = scratch.create()
-        migrate(url)
-        yield url
-        scratch.drop(url)
 
 
 def migrate(url: str, revision: str = "head", direction: str = "upgrade") -> None:

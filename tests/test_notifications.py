@@ -29,7 +29,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select, update
 
-from conftest import AGENT_TOKEN, DEFAULT_OPTIONS, dispose, free_port, make_app, migrate, mint_jwt
+from conftest import AGENT_TOKEN, DEFAULT_OPTIONS, dispose, free_port, make_app, migrated_database, mint_jwt
 from console.database import read_rows, write_transaction
 from console.extensions import db
 from console.models import NotificationAttempt, NotificationDelivery, utcnow
@@ -155,16 +155,8 @@ def slack():
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def notify_url(request, tmp_path_factory):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('notify') / 'notify.db'}"
-        migrate(url)
+    with migrated_database(request, tmp_path_factory.mktemp("notify"), "console_notify") as url:
         yield url
-    else:
-        scratch = request.getfixturevalue("postgres")
-        url = scratch.create("console_notify")
-        migrate(url)
-        yield url
-        scratch.drop(url)
 
 
 CONFIG = {"BASE_URL": BASE_URL, "MAIL_FROM": "Escalations <escalations@console.example.com>",

@@ -29,7 +29,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 import test_worker_processes as worker_processes
-from conftest import AGENT_TOKEN, GunicornServer, dispose, make_app, migrate, mint_jwt
+from conftest import AGENT_TOKEN, GunicornServer, dispose, make_app, migrate, migrated_database, mint_jwt
 from console import outbound
 from console.database import write_transaction
 from console.events import record_event
@@ -147,16 +147,8 @@ def receiver():
 def hooks_url(request, tmp_path_factory):
     """A database of its own: the worker delivers everything due in it, and the endpoints a
     test adds must not hear the events of the rest of the suite."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('webhooks') / 'console.db'}"
-        migrate(url)
+    with migrated_database(request, tmp_path_factory.mktemp("webhooks"), "console_webhooks") as url:
         yield url
-    else:
-        scratch = request.getfixturevalue("postgres")
-        url = scratch.create("console_webhooks")
-        migrate(url)
-        yield url
-        scratch.drop(url)
 
 
 @pytest.fixture(scope="module")
@@ -567,16 +559,8 @@ class WorkerProcess(worker_processes.WorkerProcess):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def fresh_url(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'worker.db'}"
-        migrate(url)
+    with migrated_database(request, tmp_path, "console_webhook_worker") as url:
         yield url
-    else:
-        scratch = request.getfixturevalue("postgres")
-        url = scratch.create("console_webhook_worker")
-        migrate(url)
-        yield url
-        scratch.drop(url)
 
 
 def seed_events(url: str, receiver: Receiver, count: int, paths=("/hooks",), founders: int = 5):

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from conftest import (
-    AGENT_TOKEN, JWT_SECRET, REPO, SECRET_KEY, GunicornServer, dispose, make_app, migrate, mint_jwt,
+    AGENT_TOKEN, JWT_SECRET, REPO, SECRET_KEY, GunicornServer, dispose, make_app, migrate, migrated_database, mint_jwt,
 )
 from test_outage import OutageProxy
 from test_realtime import call
@@ -60,16 +60,8 @@ class WorkerProcess:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def fresh_url(request, tmp_path):
     """A database of its own (the worker sweeps everything that is due in it)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'worker.db'}"
-        migrate(url)
+    with migrated_database(request, tmp_path, "console_worker") as url:
         yield url
-    else:
-        scratch = request.getfixturevalue("postgres")
-        url = scratch.create("console_worker")
-        migrate(url)
-        yield url
-        scratch.drop(url)
 
 
 def new_escalation(base_url: str, founder_id: str, job_id: str, tag: str, **fields) -> dict:

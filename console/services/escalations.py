@@ -75,7 +75,7 @@ def create_escalation(job_id: str, data: EscalationCreate, *,
             index_where=text("status = 'pending'"),
             set_={"occurrences": ESCALATIONS.c.occurrences + 1, "last_seen_at": now},
         )
-        .returning(*ESCALATIONS.c, memory.previous_decision_returning(), memory.rule_exists_returning())
+        .returning(*ESCALATIONS.c, memory.previous_decision_column(), memory.rule_exists_returning())
     )
     with write_transaction():
         claim_job(job_id, data.founder_id, data.project_id)
@@ -103,7 +103,7 @@ def _settle_by_rule(escalation: Escalation, rule: Row, now: dt.datetime) -> Esca
         update(ESCALATIONS).where(ESCALATIONS.c.id == escalation.id, ESCALATIONS.c.status == PENDING)
         .values(status=RESOLVED, founder_decision=rule.decision, founder_guidance=rule.guidance, resolved_at=now,
                 decided_by=BY_RULE, decided_via=None, rule_id=rule.id)
-        .returning(*ESCALATIONS.c, memory.previous_decision_returning())
+        .returning(*ESCALATIONS.c, memory.previous_decision_column())
     ).one()
     memory.count_use(rule, now)
     record_event(settled.job_id, settled.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED,
@@ -374,7 +374,7 @@ def _resolve_in_transaction(escalation_id: uuid.UUID, founder_id: str, decision:
                    ESCALATIONS.c.status == PENDING)
             .values(status=RESOLVED, founder_decision=decision, founder_guidance=guidance, resolved_at=utcnow(),
                     decided_by=BY_FOUNDER, decided_via=via)
-            .returning(*ESCALATIONS.c, memory.previous_decision_returning())
+            .returning(*ESCALATIONS.c, memory.previous_decision_column())
         ).one_or_none()
         if won is not None:
             _check_decision(won, decision, guidance)
@@ -407,16 +407,7 @@ def _resolve_in_one_statement(escalation_id: uuid.UUID, founder_id: str, decisio
 
 
 _ESCALATION_COLUMNS = ", ".join(column.name for column in ESCALATIONS.c)
-# memory.previous_decision_column(), correlated to the resolved row `won` of the statement below.
-_PREVIOUS_DECISION_SQL = """
-    SELECT json_build_object('escalation_id', previous.id, 'decision', previous.founder_decision,
-                             'guidance', previous.founder_guidance, 'decided_at', previous.resolved_at,
-                             'options', previous.options)
-      FROM agent_escalations AS previous
-     WHERE previous.founder_id = won.founder_id AND previous.project_id = won.project_id
-       AND previous.error_signature = won.error_signature AND previous.id <> won.id
-       AND previous.status = 'resolved' AND previous.decided_by = 'founder'
-     ORDER BY previous.resolved_at DESC LIMIT 1"""
+_PREVIOUS_DECISION_SQL = memory.previous_decision_sql("won", "postgresql")  # of the resolved row `won`
 _RESOLVE_ONE_STATEMENT_CTES = f"""
     WITH won AS (
         UPDATE agent_escalations
@@ -473,7 +464,7 @@ def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None, *
             update(ESCALATIONS)
             .where(ESCALATIONS.c.id == parsed, ESCALATIONS.c.status == PENDING)
             .values(status=SKIPPED, resolved_at=utcnow(), decided_by=BY_AGENT, decided_via=None)
-            .returning(*ESCALATIONS.c, memory.previous_decision_returning())
+            .returning(*ESCALATIONS.c, memory.previous_decision_column())
         ).one_or_none()
         if won is not None:
             record_event(won.job_id, won.founder_id, SSEEventType.AGENT_ESCALATION_RESOLVED,

@@ -15,7 +15,7 @@ import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, func, literal_column, select, text, update
+from sqlalchemy import ColumnElement, Row, delete, literal_column, select, update
 
 from ..database import read_rows
 from ..errors import NotFound
@@ -31,51 +31,30 @@ PROVIDE_GUIDANCE = "provide_guidance"
 
 # --- previous_decision -----------------------------------------------------------------------
 
+def previous_decision_sql(outer: str, dialect: str) -> str:
+    """The scalar subquery of a row's previous decision (a JSON document), correlated to the
+    escalation row `outer` (the table itself, or a CTE of its rows). The status filter is
+    literal, so that the planner can use the partial index made for exactly this."""
+    json_object = "json_build_object" if dialect == "postgresql" else "json_object"
+    options = "previous.options" if dialect == "postgresql" else "json(previous.options)"  # SQLite keeps JSON as text
+    return (f"SELECT {json_object}('escalation_id', previous.id, 'decision', previous.founder_decision, "
+            f"'guidance', previous.founder_guidance, 'decided_at', previous.resolved_at, 'options', {options}) "
+            f"FROM agent_escalations AS previous "
+            f"WHERE previous.founder_id = {outer}.founder_id AND previous.project_id = {outer}.project_id "
+            f"AND previous.error_signature = {outer}.error_signature AND previous.id <> {outer}.id "
+            f"AND previous.status = 'resolved' AND previous.decided_by = 'founder' "
+            f"ORDER BY previous.resolved_at DESC LIMIT 1")
+
+
 @functools.cache
 def _previous_decision_column(dialect: str) -> ColumnElement:
-    previous = ESCALATIONS.alias("previous")
-    columns = previous.c
-    if dialect == "postgresql":
-        document = func.json_build_object("escalation_id", columns.id, "decision", columns.founder_decision,
-                                          "guidance", columns.founder_guidance, "decided_at", columns.resolved_at,
-                                          "options", columns.options)
-    else:  # SQLite keeps JSON as text: json() embeds it as JSON, not as a string
-        document = func.json_object("escalation_id", columns.id, "decision", columns.founder_decision,
-                                    "guidance", columns.founder_guidance, "decided_at", columns.resolved_at,
-                                    "options", func.json(columns.options))
-    return (
-        select(document)
-        .where(columns.founder_id == ESCALATIONS.c.founder_id, columns.project_id == ESCALATIONS.c.project_id,
-               columns.error_signature == ESCALATIONS.c.error_signature, columns.id != ESCALATIONS.c.id,
-               # literal, so that the planner can use the partial index made for exactly this
-               text("previous.status = 'resolved' AND previous.decided_by = 'founder'"))
-        .order_by(columns.resolved_at.desc())
-        .limit(1)
-        .scalar_subquery()
-        .label("previous_decision")
-    )
+    return literal_column(f"({previous_decision_sql('agent_escalations', dialect)})").label("previous_decision")
 
 
 def previous_decision_column() -> ColumnElement:
-    """The column that reads an escalation's previous decision (JSON) beside its row."""
+    """The column that reads an escalation's previous decision (JSON) beside its row, in a
+    SELECT from agent_escalations or the RETURNING of a write to it."""
     return _previous_decision_column(db.engine.dialect.name)
-
-
-@functools.cache
-def _previous_decision_returning(dialect: str) -> ColumnElement:
-    json_object = "json_build_object" if dialect == "postgresql" else "json_object"
-    options = "previous.options" if dialect == "postgresql" else "json(previous.options)"
-    return literal_column(f"""(
-        SELECT {json_object}('escalation_id', previous.id, 'decision', previous.founder_decision,
-                             'guidance', previous.founder_guidance, 'decided_at', previous.resolved_at,
-                             'options', {options})
-          FROM agent_escalations AS previous
-         WHERE previous.founder_id = agent_escalations.founder_id
-           AND previous.project_id = agent_escalations.project_id
-           AND previous.error_signature = agent_escalations.error_signature
-           AND previous.id <> agent_escalations.id
-           AND previous.status = 'resolved' AND previous.decided_by = 'founder'
-         ORDER BY previous.resolved_at DESC LIMIT 1)""").label("previous_decision")
 
 
 _RULE_EXISTS_RETURNING = literal_column(
@@ -88,12 +67,6 @@ def rule_exists_returning() -> ColumnElement:
     """For a create's RETURNING: 1 when the founder has a rule for this project's error,
     so that the rule itself is read (and locked) only then, not on every create."""
     return _RULE_EXISTS_RETURNING
-
-
-def previous_decision_returning() -> ColumnElement:
-    """The same, for the RETURNING clause of a write to agent_escalations (SQLAlchemy would
-    not qualify the correlated columns there, and `previous` has the same names)."""
-    return _previous_decision_returning(db.engine.dialect.name)
 
 
 def previous_decision(escalation: Any) -> dict[str, Any] | None:
