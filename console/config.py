@@ -87,6 +87,14 @@ def database_uri(url: str | None, instance_path: str) -> str:
     return url
 
 
+# Every PostgreSQL connection of the app (the pool, the hub's LISTEN, the worker's wake-up):
+# connecting gives up after 3 s, and a connection whose peer vanished without a word (a
+# host or network gone, not a restart) is noticed by TCP keepalives and tcp_user_timeout
+# within about 15 s instead of hanging a request or the worker on it for ever.
+POSTGRES_LIVENESS = {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                     "keepalives_count": 3, "tcp_user_timeout": 15000}
+
+
 def engine_options(uri: str) -> dict:
     if uri.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
@@ -104,7 +112,7 @@ def engine_options(uri: str) -> dict:
         "pool_timeout": 10,
         "pool_recycle": 1800,
         # Fail fast when the server is gone: 503 within seconds, never a hung worker.
-        "connect_args": {"connect_timeout": 3, "options": "-c statement_timeout=15000"},
+        "connect_args": {**POSTGRES_LIVENESS, "options": "-c statement_timeout=15000"},
     }
 
 

@@ -33,6 +33,7 @@ import psycopg
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import func, select
 
+from .config import POSTGRES_LIVENESS
 from .database import read_rows
 from .events import JOB_EVENTS, NOTIFY_CHANNEL, on_events_committed
 from .extensions import db
@@ -229,7 +230,7 @@ class EventHub:
         lost = False
         while not self._stopped.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as conn:
+                with psycopg.connect(conninfo, autocommit=True, **POSTGRES_LIVENESS) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     high_water = self._catch_up(high_water) if high_water is not None else self._high_water()
                     self._listening.set()

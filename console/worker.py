@@ -31,6 +31,7 @@ from flask import Flask
 from sqlalchemy import case, select, text
 from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 
+from .config import POSTGRES_LIVENESS
 from .database import write_transaction
 from .events import NOTIFY_CHANNEL, SSEEventType, announce, founder_lock_sql, record_event
 from .extensions import db
@@ -135,7 +136,7 @@ class Worker:
             conninfo = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not self.stopping.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as connection:
+                with psycopg.connect(conninfo, autocommit=True, **POSTGRES_LIVENESS) as connection:
                     connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     while not self.stopping.is_set():
                         for _ in connection.notifies(timeout=5.0, stop_after=1):
