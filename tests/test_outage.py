@@ -18,61 +18,86 @@ pytestmark = pytest.mark.slow
 
 
 class OutageProxy:
+    """Forwards TCP to PostgreSQL until down(), which refuses new connections and cuts the
+    open ones; up() serves again on the same port.
+
+    The proxy runs in the app's process, so a socket is closed only by the last of its
+    pair's two pump threads, never while another thread may still read or write it: a
+    closed descriptor can be reused at once by one of the app's own sockets, and a stale
+    pump would then read the app's replies (the request hangs) or write into them.
+    """
+
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
         self.port = free_port()
-        self.sockets: set[socket.socket] = set()
+        self.pairs: set[tuple[socket.socket, socket.socket]] = set()
         self.lock = threading.Lock()
         self.listener = None
+        self.serving = False
 
     def up(self):
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
-        self.listener = listener
+        with self.lock:
+            self.listener, self.serving = listener, True
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def down(self):
-        try:  # wakes the accept() blocked in another thread; close() alone leaves it listening
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
         with self.lock:
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            self.sockets.clear()
+            self.serving = False
+            pairs, self.pairs = self.pairs, set()
+        # shutdown() wakes the accept() blocked in the other thread, which then closes the
+        # listener; close() alone would leave it listening.
+        _shutdown(self.listener)
+        for pair in pairs:
+            for s in pair:
+                _shutdown(s)
 
     def _accept(self, listener):
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
+                listener.close()
                 return
             upstream = socket.create_connection(self.target)
+            pair = (client, upstream)
             with self.lock:
-                self.sockets |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                cut = not self.serving  # down() ran while this one was being accepted
+                if not cut:
+                    self.pairs.add(pair)
+            if cut:
+                for s in pair:
+                    s.close()
+                continue
+            running = [2]  # pumps of this pair still running
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst, pair, running), daemon=True).start()
 
-    @staticmethod
-    def _pump(src, dst):
+    def _pump(self, src, dst, pair, running):
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
         except OSError:
             pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
+        for s in pair:  # wakes the other pump of the pair
+            _shutdown(s)
+        with self.lock:
+            running[0] -= 1
+            if running[0]:
+                return  # the other pump still runs; it closes the pair
+            self.pairs.discard(pair)
+        for s in pair:
+            s.close()
+
+
+def _shutdown(s):
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def call(base, method, path, body=None, token=AGENT_TOKEN, timeout=20):
