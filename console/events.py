@@ -1,22 +1,28 @@
 """The job event vocabulary and the append-only event log.
 
 Every event is stored in the same transaction as the change that caused it, then fanned
-out (see `console.hub`). Event ids become visible in order to every reader of the API:
-each reader reads one job's events or one founder's (a job has one founder), so ids are
-ordered per founder. On PostgreSQL an event-writing transaction takes its founder's
-transaction-level advisory lock right before it inserts its event, so one founder's ids
-are handed out, and made visible, one transaction at a time: a reader of a job or of a
-founder that has seen id N never later finds a smaller one. Writers of different founders
-never wait for one another (the global lock this replaced queued every writer of the
-database). On SQLite the database lock already serialises all writers.
+out (see `console.hub`). Event ids become visible in order (SPEC §3: a reader that has seen
+id N never later finds a new event below N), and no writer waits for another to get there:
+
+* On PostgreSQL an event's id is its transaction's id × 1024 plus its place in that
+  transaction (`console_next_event_id()`, migration 0008), and every reader stops below
+  the oldest transaction of this database still in flight (`console_event_horizon()`).
+  Below that line the log is final; whatever commits later gets an id above it. A reader
+  that finds committed events beyond the line waits (HOLD_BACK_SECONDS at most, usually
+  milliseconds) for the older transactions to end: the price of writers that never queue
+  (the per-founder lock this replaced ran one founder's writes, commit included, one at a
+  time).
+* On SQLite the database lock serialises all writers, and AUTOINCREMENT ids are visible in
+  order as they are.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from typing import Any, Iterable, NamedTuple
 
-from sqlalchemy import bindparam, event as sa_event, insert, select, text
+from sqlalchemy import bindparam, event as sa_event, func, insert, select, text
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
@@ -75,14 +81,6 @@ AGENT_EVENT_TYPES = SSEEventType.values() - SERVER_OWNED_EVENT_TYPES
 ENVELOPE_KEYS = frozenset({"id", "type", "job_id", "timestamp"})
 
 NOTIFY_CHANNEL = "console_job_events"
-# The seed of hashtextextended() that turns a founder id into their advisory lock key: a
-# key space of its own, so no other advisory lock of the database can collide with ours.
-FOUNDER_LOCK_SEED = 0x6573_6361_6C61  # "escala"
-
-
-def founder_lock_sql(founder_expression: str) -> str:
-    """The SQL that takes the founder's event-ordering lock (held until commit)."""
-    return f"pg_advisory_xact_lock(hashtextextended({founder_expression}, {FOUNDER_LOCK_SEED}))"
 
 
 def record_event(job_id: str, founder_id: str, event_type: str, payload: dict[str, Any]) -> StoredEvent:
@@ -92,8 +90,8 @@ def record_event(job_id: str, founder_id: str, event_type: str, payload: dict[st
     values = {"job_id": job_id, "founder_id": founder_id, "type": event_type, "payload": payload,
               "created_at": utcnow()}
     if session.get_bind().dialect.name == "postgresql":
-        # One round trip: take the founder's ordering lock, insert, and queue the NOTIFY that
-        # PostgreSQL delivers at commit to every LISTENing process (never on rollback).
+        # One round trip: insert, and queue the NOTIFY that PostgreSQL delivers at commit to
+        # every LISTENing process (never on rollback).
         event_id = session.execute(_INSERT_EVENT_POSTGRES, {
             **values, "payload": json.dumps(payload), "channel": NOTIFY_CHANNEL}).scalar_one()
     else:
@@ -102,31 +100,73 @@ def record_event(job_id: str, founder_id: str, event_type: str, payload: dict[st
     return StoredEvent(id=event_id, **values)
 
 
-_INSERT_EVENT_POSTGRES = text(f"""
-    WITH ordering AS (SELECT {founder_lock_sql("CAST(:founder_id AS TEXT)")})
+_INSERT_EVENT_POSTGRES = text("""
     INSERT INTO job_events (job_id, founder_id, type, payload, created_at)
-    SELECT :job_id, :founder_id, :type, CAST(:payload AS JSONB), :created_at FROM ordering
+    VALUES (:job_id, :founder_id, :type, CAST(:payload AS JSONB), :created_at)
     RETURNING id, pg_notify(:channel, json_build_array(id, job_id, founder_id)::text)
 """)
 
 
 def list_events(job_id: str, after: int, limit: int) -> list[Row]:
-    """A job's events after `after`, in id order."""
-    return read_rows(_JOB_EVENTS_AFTER, {"job_id": job_id, "after": after, "limit": limit})
+    """A job's events after `after`, in id order (only final ones: see the module's doc)."""
+    return _final_events("job", {"job_id": job_id, "after": after, "limit": limit})
 
 
 def list_founder_events(founder_id: str, after: int, limit: int) -> list[Row]:
     """Every event of the founder's jobs after `after`, in id order (the console's stream)."""
-    return read_rows(_FOUNDER_EVENTS_AFTER, {"founder_id": founder_id, "after": after, "limit": limit})
+    return _final_events("founder", {"founder_id": founder_id, "after": after, "limit": limit})
 
 
-def _after(column):
-    return (select(JOB_EVENTS).where(column == bindparam(column.key), JOB_EVENTS.c.id > bindparam("after"))
+def latest_visible_event_id() -> int:
+    """The newest event id that no later commit can go below: where a page that reads the
+    database next starts its live updates, so that it misses nothing."""
+    return read_rows(_reads()["latest"])[0][0] or 0
+
+
+# How long a reader waits for older transactions to finish when committed events lie beyond
+# the horizon (usually a few milliseconds: a client that has just stored an event finds it
+# in its next read). Past this it answers with the final events only; the rest follow.
+HOLD_BACK_SECONDS = 1.0
+_HOLD_BACK_PAUSE = 0.003
+
+
+def _final_events(key: str, params: dict[str, Any]) -> list[Row]:
+    query = _reads()[key]
+    if db.engine.dialect.name != "postgresql":
+        return read_rows(query, params)
+    deadline = time.monotonic() + HOLD_BACK_SECONDS
+    while True:
+        rows = read_rows(query, params)
+        final = [row for row in rows if row.final]  # a prefix: rows come in id order
+        if len(final) == len(rows) or time.monotonic() >= deadline:
+            return final
+        time.sleep(_HOLD_BACK_PAUSE)
+
+
+# On PostgreSQL, the lowest event id a transaction still in flight can be given (migration
+# 0008), computed once per statement.
+_HORIZON = text("(SELECT console_event_horizon())")
+
+
+def _after(column, dialect: str):
+    final = [(JOB_EVENTS.c.id < _HORIZON).label("final")] if dialect == "postgresql" else []
+    return (select(JOB_EVENTS, *final)
+            .where(column == bindparam(column.key), JOB_EVENTS.c.id > bindparam("after"))
             .order_by(JOB_EVENTS.c.id).limit(bindparam("limit")))
 
 
-_JOB_EVENTS_AFTER = _after(JOB_EVENTS.c.job_id)
-_FOUNDER_EVENTS_AFTER = _after(JOB_EVENTS.c.founder_id)
+def _latest(dialect: str):
+    below_horizon = [JOB_EVENTS.c.id < _HORIZON] if dialect == "postgresql" else []
+    return select(func.max(JOB_EVENTS.c.id)).where(*below_horizon)
+
+
+_READS = {dialect: {"job": _after(JOB_EVENTS.c.job_id, dialect), "founder": _after(JOB_EVENTS.c.founder_id, dialect),
+                    "latest": _latest(dialect)}
+          for dialect in ("postgresql", "sqlite")}
+
+
+def _reads() -> dict:
+    return _READS[db.engine.dialect.name]
 
 
 def announce(committed: Iterable[tuple[int, str, str]]) -> None:

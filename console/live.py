@@ -9,19 +9,13 @@ import datetime as dt
 from typing import Any
 
 from flask import g, has_request_context, render_template, session
-from sqlalchemy import func, select
 
 from .auth import Principal
-from .database import read_rows
-from .events import JOB_EVENTS, SSEEventType, event_envelope
+from .events import SSEEventType, event_envelope
 from .services import escalations as escalation_service
 from .services import memory
 
 LIVE_EVENT = "update"  # the SSE event name the console listens for
-
-
-def latest_event_id() -> int:
-    return read_rows(select(func.max(JOB_EVENTS.c.id)))[0][0] or 0
 
 
 def console_frame(founder_id: str, event, *, page: str) -> str:

@@ -111,7 +111,7 @@ def _event_stream(app: Flask, key: str, fetch, after: int, render) -> Iterator[s
             last = after
             now = time.monotonic()
             last_write, end = now, now + lifetime
-            must_read, read_nothing = True, False
+            must_read = True
             while True:
                 if must_read:
                     generation = hub.generation
@@ -125,7 +125,6 @@ def _event_stream(app: Flask, key: str, fetch, after: int, render) -> Iterator[s
                         return
                     for _, frame in frames:
                         yield frame
-                    read_nothing = not frames
                     if frames:
                         last = frames[-1][0]
                         last_write = time.monotonic()
@@ -137,8 +136,10 @@ def _event_stream(app: Flask, key: str, fetch, after: int, render) -> Iterator[s
                 if now - last_write >= heartbeat:
                     yield HEARTBEAT_FRAME  # also how a vanished client is noticed: the write fails
                     last_write = now
-                if read_nothing and must_read and hub.latest(key) > last:
-                    time.sleep(0.02)  # woken for an event not readable yet: do not spin
+                if must_read and hub.latest(key) > last:
+                    # Woken for an event not readable yet (it committed, but an older
+                    # transaction is still in flight: console/events.py): do not spin.
+                    time.sleep(0.02)
                 woken = hub.wait(key, last, min(last_write + heartbeat, end, now + CLIENT_CHECK_SECONDS) - now)
                 if not woken and client_gone(client):
                     return  # the client went away: let go of it now, not at the next failing write

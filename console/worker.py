@@ -33,14 +33,14 @@ from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 
 from .config import POSTGRES_LIVENESS
 from .database import write_transaction
-from .events import NOTIFY_CHANNEL, SSEEventType, announce, founder_lock_sql, record_event
+from .events import NOTIFY_CHANNEL, SSEEventType, announce, record_event
 from .extensions import db
 from .models import BY_EXPIRY, EXPIRED, PENDING, RESOLVED, AgentEscalation, escalation_option, utcnow
 from .services import notifications as notification_service
 
 log = logging.getLogger("console.worker")
 
-BATCH = 500
+BATCH = 500  # at most this many events per transaction (PostgreSQL's bound is 1023: migration 0008)
 OUTAGE_BACKOFF_MAX = 5.0
 
 
@@ -203,9 +203,8 @@ def expiry_payload(row) -> dict:
 
 def _settle_expired_postgres(now: dt.datetime) -> int:
     """One statement per batch: claim the due rows (SKIP LOCKED: rows another worker or a
-    resolving founder holds are left to them), settle them, take their founders'
-    event-ordering locks in a fixed order (no deadlock between workers), and store one
-    event each with its NOTIFY."""
+    resolving founder holds are left to them), settle them, and store one event each with
+    its NOTIFY."""
     with write_transaction() as session:
         rows = session.execute(_SETTLE_EXPIRED_POSTGRES, {
             "now": now, "now_iso": now.isoformat(), "batch": BATCH, "expired": EXPIRED, "resolved": RESOLVED,
@@ -215,7 +214,7 @@ def _settle_expired_postgres(now: dt.datetime) -> int:
     return len(rows)
 
 
-_SETTLE_EXPIRED_POSTGRES = text(f"""
+_SETTLE_EXPIRED_POSTGRES = text("""
     WITH due AS (
         SELECT id FROM agent_escalations
          WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= :now
@@ -229,10 +228,6 @@ _SETTLE_EXPIRED_POSTGRES = text(f"""
           FROM due
          WHERE e.id = due.id AND e.status = 'pending'
         RETURNING e.id, e.job_id, e.founder_id, e.project_id, e.status, e.founder_decision, e.options
-    ), ordering AS (
-        SELECT count(*) AS locked
-          FROM (SELECT DISTINCT founder_id FROM settled ORDER BY founder_id) AS founders,
-               LATERAL (SELECT {founder_lock_sql("founders.founder_id")}) AS taken
     ), event AS (
         INSERT INTO job_events (job_id, founder_id, type, payload, created_at)
         SELECT s.job_id, s.founder_id, :type, jsonb_build_object(
@@ -243,8 +238,7 @@ _SETTLE_EXPIRED_POSTGRES = text(f"""
                    'guidance', NULL, 'resolved_at', CAST(:now_iso AS TEXT),
                    'decided_by', CAST(:by AS TEXT), 'decided_via', NULL),
                :now
-          FROM settled AS s, ordering
-         WHERE ordering.locked >= 0
+          FROM settled AS s
          ORDER BY s.founder_id, s.id
         RETURNING id, job_id, founder_id, pg_notify(:channel, json_build_array(id, job_id, founder_id)::text)
     )

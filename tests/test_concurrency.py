@@ -8,7 +8,7 @@ import pytest
 from conftest import dispose, make_app
 from console.auth import AGENT
 from console.extensions import db
-from console.models import JobEvent
+from console.events import list_founder_events
 from console.schemas import EscalationCreate
 from console.services import escalations as service
 from console.services import jobs as job_service
@@ -102,9 +102,8 @@ def test_event_ids_become_visible_in_order_under_concurrent_writers(race_app, id
             seen: set[int] = set()
             high = 0
             while time.monotonic() < stop:
-                visible = [row for row in db.session.query(JobEvent.id).filter(JobEvent.job_id.like(f"{ids.job_id}%"))]
-                db.session.rollback()
-                fresh = {i for (i,) in visible} - seen
+                visible = [event.id for event in list_founder_events(ids.founder_id, 0, 100_000)]
+                fresh = set(visible) - seen
                 late = [i for i in fresh if i < high]
                 if late:
                     violations.append((high, sorted(late)))

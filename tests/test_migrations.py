@@ -55,10 +55,24 @@ def triggers(url: str) -> set[str]:
     return names
 
 
+def event_id_default(url: str) -> str | None:
+    """How job_events.id gets its value (autogenerate does not compare defaults)."""
+    app = make_app(url)
+    with app.app_context():
+        [column] = [c for c in sa.inspect(db.engine).get_columns("job_events") if c["name"] == "id"]
+        db.engine.dispose()
+    return column["default"]
+
+
 def test_upgrade_downgrade_upgrade_round_trip(scratch_url):
+    postgres = scratch_url.startswith("postgresql")
     migrate(scratch_url)
     assert tables(scratch_url) == ALL_TABLES
     assert triggers(scratch_url) == {"webhook_deliveries_for_event"}
+    assert event_id_default(scratch_url) == ("console_next_event_id()" if postgres else None)
+    migrate(scratch_url, "-1", "downgrade")  # 0008 event ids in transaction order
+    assert event_id_default(scratch_url) == ("nextval('job_events_id_seq'::regclass)" if postgres else None)
+    assert tables(scratch_url) == ALL_TABLES
     migrate(scratch_url, "-1", "downgrade")  # 0007 notifications
     assert tables(scratch_url) == ALL_TABLES - NOTIFICATION_TABLES
     assert triggers(scratch_url) == {"webhook_deliveries_for_event"}
@@ -81,6 +95,7 @@ def test_upgrade_downgrade_upgrade_round_trip(scratch_url):
     assert tables(scratch_url) == set()
     migrate(scratch_url)
     assert tables(scratch_url) == ALL_TABLES and triggers(scratch_url) == {"webhook_deliveries_for_event"}
+    assert event_id_default(scratch_url) == ("console_next_event_id()" if postgres else None)
 
 
 def test_models_and_migrations_do_not_drift(scratch_url):

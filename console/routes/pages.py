@@ -14,9 +14,9 @@ from flask import (
 
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
-from ..events import event_envelope
+from ..events import event_envelope, latest_visible_event_id
 from ..live import (
-    clock_time, console_frame, day_month, describe_event, duration, founder_rule, latest_event_id, rule_not_applied,
+    clock_time, console_frame, day_month, describe_event, duration, founder_rule, rule_not_applied,
     time_ago, time_until,
 )
 from ..models import VIA_CONSOLE, escalation_option
@@ -121,7 +121,7 @@ def logout():
 @login_required
 def inbox():
     founder_id = current_founder_id()
-    live_after = latest_event_id()  # before the reads: nothing committed after them is missed
+    live_after = latest_visible_event_id()  # before the reads: nothing committed after them is missed
     pending, next_cursor = escalation_service.list_founder_escalations(
         founder_id, status="pending", limit=INBOX_PAGE_SIZE, cursor=request.args.get("cursor") or None)
     decided = escalation_service.recently_decided(founder_id, RECENTLY_DECIDED)
@@ -132,7 +132,7 @@ def inbox():
 @bp.get("/jobs/<job_id>")
 @login_required
 def job(job_id: str):
-    live_after = latest_event_id()
+    live_after = latest_visible_event_id()
     escalations = escalation_service.list_job_escalations(job_id, founder())
     escalations.sort(key=lambda e: e.status != "pending")  # stable: pending first, each newest first
     events = job_service.recent_job_events(job_id, founder(), TIMELINE_LENGTH)

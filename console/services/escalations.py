@@ -27,7 +27,7 @@ from sqlalchemy import JSON, BigInteger, Row, Select, bindparam, column, func, s
 from ..auth import AGENT, Principal
 from ..database import read_rows, write_transaction
 from ..errors import Conflict, FieldError, NotFound, ValidationFailed
-from ..events import NOTIFY_CHANNEL, SSEEventType, announce, founder_lock_sql, record_event
+from ..events import NOTIFY_CHANNEL, SSEEventType, announce, record_event
 from ..extensions import db
 from ..models import (
     BY_AGENT, BY_EXPIRY, BY_FOUNDER, BY_RULE, EXPIRED, PENDING, RESOLVED, SKIPPED, VIA_API, AgentEscalation, escalation_option,
@@ -388,8 +388,7 @@ def _resolve_in_one_statement(escalation_id: uuid.UUID, founder_id: str, decisio
                               guidance: str | None, via: str, as_document: bool = False) -> Escalation | bytes | None:
     """PostgreSQL: the whole decision in one autocommit statement, one round trip (what
     the ceiling in ../shared/peers does): the conditional UPDATE whose WHERE also checks
-    the decision against the options, the founder's event-ordering lock, the event and its
-    NOTIFY. None when nothing matched; the caller then tells why."""
+    the decision against the options, the event and its NOTIFY. None when nothing matched; the caller then tells why."""
     resolved_at = utcnow()
     payload = {"escalation_id": str(escalation_id), "status": RESOLVED, "resolution": decision,
                "guidance": guidance, "resolved_at": resolved_at.isoformat(), "decided_by": BY_FOUNDER,
@@ -422,8 +421,6 @@ _RESOLVE_ONE_STATEMENT_CTES = f"""
                 OR options @> jsonb_build_array(
                      jsonb_build_object('value', CAST(:decision AS TEXT), 'requires_guidance', true))))
         RETURNING {_ESCALATION_COLUMNS}
-    ), ordering AS (
-        SELECT {founder_lock_sql("won.founder_id")} FROM won
     ), event AS (
         INSERT INTO job_events (job_id, founder_id, type, payload, created_at)
         SELECT won.job_id, won.founder_id, :type,
@@ -432,7 +429,7 @@ _RESOLVE_ONE_STATEMENT_CTES = f"""
                    'resolution_label', (SELECT option ->> 'label' FROM jsonb_array_elements(won.options) AS option
                                          WHERE option ->> 'value' = won.founder_decision LIMIT 1)),
                :resolved_at
-          FROM won, ordering
+          FROM won
         RETURNING id, pg_notify(:channel, json_build_array(id, job_id, founder_id)::text)
     )"""
 _RESOLVE_ONE_STATEMENT = text(f"""{_RESOLVE_ONE_STATEMENT_CTES}
