@@ -426,6 +426,10 @@ def resolve_pool(url: str, count: int, tag: str, job_prefix: str = "bench-resolv
         rows = insert_escalations(conn, count, founder=f"'{RESOLVER}'", job=job, project="'bench-proj'",
                                   status="'pending'", created="now() - interval '1 minute'",
                                   signature=f"'pool-{tag}:' || s.error_type || ':' || i", returning=True)
+        # Statistics that know these rows, as autovacuum keeps them in production: with the
+        # last cleanup's (no pending rows of this founder) the planner may look a row up by
+        # the founder's index and walk all of their pending rows, for any contender.
+        conn.execute("ANALYZE agent_escalations")
     return [str(r[0]) for r in rows]
 
 

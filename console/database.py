@@ -6,9 +6,9 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 from flask import Flask
-from sqlalchemy import Executable, Row, event
+from sqlalchemy import Executable, Row, TextClause, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session
 
 from .extensions import db
@@ -99,3 +99,46 @@ def read_rows(statement: Executable, params: Mapping[str, Any] | None = None) ->
         return list(sessions().execute(statement, params))
     with db.engine.connect() as connection:
         return list(connection.execute(statement, params))
+
+
+def fetch_one(statement: TextClause, params: Mapping[str, Any]) -> tuple | None:
+    """The first row of one statement, as a plain tuple. On PostgreSQL, outside a write
+    transaction, it runs in autocommit on a pooled connection's own psycopg cursor: the
+    hottest statements (the API's documents and the one-statement resolve) skip SQLAlchemy's
+    execution layer, a fifth of a resolve's Python (bench/README.md). The pool, its checkout
+    ping and disconnect handling stay SQLAlchemy's; errors arrive as SQLAlchemy's DBAPIError,
+    as from every other statement."""
+    engine = db.engine
+    sessions = db.session.registry
+    if engine.dialect.name != "postgresql" or (sessions.has() and sessions().in_transaction()):
+        rows = read_rows(statement, params)
+        return tuple(rows[0]) if rows else None
+    sql = _driver_sql.get(statement)
+    if sql is None:
+        sql = _driver_sql[statement] = statement.compile(dialect=engine.dialect).string
+    dbapi = engine.dialect.loaded_dbapi
+    try:
+        connection = engine.raw_connection()
+    except dbapi.Error as error:  # no connection to be had (Engine.connect() wraps this too)
+        raise DBAPIError.instance(None, None, error, dbapi.Error, dialect=engine.dialect) from error
+    try:
+        dbapi_connection = connection.driver_connection
+        if not dbapi_connection.autocommit:  # the engine's isolation level; never left otherwise
+            dbapi_connection.autocommit = True
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+        except dbapi.Error as error:
+            disconnected = engine.dialect.is_disconnect(error, dbapi_connection, cursor)
+            if disconnected:
+                connection.invalidate(error)
+            raise DBAPIError.instance(sql, params, error, dbapi.Error,
+                                      connection_invalidated=disconnected, dialect=engine.dialect) from error
+        finally:
+            cursor.close()
+    finally:
+        connection.close()
+
+
+_driver_sql: dict[TextClause, str] = {}

@@ -161,6 +161,10 @@ def test_database_outage_answers_503_and_the_app_recovers_by_itself(outage, ids)
     assert status == 503 and body["status"] == 503 and body["detail"] and elapsed < 10
     assert headers["Content-Type"] == "application/problem+json" and "Traceback" not in json.dumps(body)
     assert call(server.url, "GET", "/healthz")[0] == 503
+    # the documents PostgreSQL builds (read off the driver: database.fetch_one) say 503 too
+    for path in (f"/api/escalations/{escalations[0]['id']}", f"/api/jobs/{ids.job_id}/escalations"):
+        status, body, headers, _ = call(server.url, "GET", path, token=founder)
+        assert status == 503 and headers["Content-Type"] == "application/problem+json", (path, body)
     assert set(results.values()) <= {200, 503}
 
     proxy.up()

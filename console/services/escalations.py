@@ -25,7 +25,7 @@ from flask import current_app
 from sqlalchemy import JSON, BigInteger, Row, Select, bindparam, column, func, select, text, tuple_, update
 
 from ..auth import AGENT, Principal
-from ..database import read_rows, write_transaction
+from ..database import fetch_one, read_rows, write_transaction
 from ..errors import Conflict, FieldError, NotFound, ValidationFailed
 from ..events import NOTIFY_CHANNEL, SSEEventType, announce, record_event
 from ..extensions import db
@@ -388,21 +388,30 @@ def _resolve_in_one_statement(escalation_id: uuid.UUID, founder_id: str, decisio
                               guidance: str | None, via: str, as_document: bool = False) -> Escalation | bytes | None:
     """PostgreSQL: the whole decision in one autocommit statement, one round trip (what
     the ceiling in ../shared/peers does): the conditional UPDATE whose WHERE also checks
-    the decision against the options, the event and its NOTIFY. None when nothing matched; the caller then tells why."""
+    the decision against the options, the event and its NOTIFY. None when nothing matched;
+    the caller then tells why."""
     resolved_at = utcnow()
     payload = {"escalation_id": str(escalation_id), "status": RESOLVED, "resolution": decision,
                "guidance": guidance, "resolved_at": resolved_at.isoformat(), "decided_by": BY_FOUNDER,
                "decided_via": via}
+    params = {
+        "id": escalation_id, "founder_id": founder_id, "decision": decision, "guidance": guidance,
+        "resolved_at": resolved_at, "payload": json.dumps(payload), "type": SSEEventType.AGENT_ESCALATION_RESOLVED,
+        "provide_guidance": PROVIDE_GUIDANCE, "channel": NOTIFY_CHANNEL, "by": BY_FOUNDER, "via": via,
+    }
+    if as_document:  # the API's answer: a plain row off the driver (database.fetch_one)
+        won = fetch_one(_RESOLVE_ONE_STATEMENT_DOCUMENT, params)
+        if won is None:
+            return None
+        document, job_id, founder_id, event_id = won
+        announce([(event_id, job_id, founder_id)])
+        return document.encode()
     with db.engine.begin() as connection:  # the engine autocommits: no BEGIN, no COMMIT round trip
-        won = connection.execute(_RESOLVE_ONE_STATEMENT_DOCUMENT if as_document else _RESOLVE_ONE_STATEMENT, {
-            "id": escalation_id, "founder_id": founder_id, "decision": decision, "guidance": guidance,
-            "resolved_at": resolved_at, "payload": json.dumps(payload), "type": SSEEventType.AGENT_ESCALATION_RESOLVED,
-            "provide_guidance": PROVIDE_GUIDANCE, "channel": NOTIFY_CHANNEL, "by": BY_FOUNDER, "via": via,
-        }).one_or_none()
+        won = connection.execute(_RESOLVE_ONE_STATEMENT, params).one_or_none()
     if won is None:
         return None
     announce([(won.event_id, won.job_id, won.founder_id)])
-    return won.document.encode() if as_document else won
+    return won
 
 
 _ESCALATION_COLUMNS = ", ".join(column.name for column in ESCALATIONS.c)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import text
 
 from ..auth import Principal
-from ..database import read_rows
+from ..database import fetch_one
 
 ESCALATION_FIELDS = (
     "id", "session_id", "job_id", "project_id", "founder_id", "error_type", "error_signature",
@@ -76,14 +76,15 @@ def _job_list(of_founder: bool, with_status: bool):
 
 def escalation_document(escalation_id: uuid.UUID, principal: Principal) -> bytes | None:
     """The API's JSON of one escalation the caller may see, or None (missing or not theirs)."""
-    rows = read_rows(_ONE, {"id": escalation_id})
-    if not rows or not principal.sees(rows[0].founder_id, rows[0].job_id):
+    row = fetch_one(_ONE, {"id": escalation_id})
+    if row is None:
         return None
-    return rows[0].document.encode()
+    document, founder_id, job_id = row
+    return document.encode() if principal.sees(founder_id, job_id) else None
 
 
 def job_escalations_document(job_id: str, principal: Principal, status: str | None) -> bytes:
     """The API's JSON list of a job's escalations, newest first (the caller's only)."""
     query = _job_list(not principal.is_orchestrator, bool(status))
     params: dict[str, Any] = {"job_id": job_id, "founder_id": principal.founder_id, "status": status}
-    return read_rows(query, params)[0][0].encode()
+    return fetch_one(query, params)[0].encode()
