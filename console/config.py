@@ -105,10 +105,12 @@ def engine_options(uri: str) -> dict:
         "isolation_level": "AUTOCOMMIT",
         # Per worker process. With gevent workers thousands of clients may wait at once, but
         # a waiting client holds no connection; past pool_size + max_overflow, requests queue
-        # (as greenlets) for up to pool_timeout before answering 503. Two workers then use at
-        # most 2 × 20 + 2 (LISTEN) of the server's connections.
-        "pool_size": int(os.environ.get("CONSOLE_POOL_SIZE", "10")),
-        "max_overflow": int(os.environ.get("CONSOLE_POOL_OVERFLOW", "10")),
+        # (as greenlets) for up to pool_timeout before answering 503. The pool is what keeps
+        # PostgreSQL from thrashing: more statements at once than a few per database core
+        # only add contention (on this 2-core machine, 2 × 8 connections resolve 40 % faster
+        # than 2 × 20: bench/README.md). Two workers use 2 × 8 + 2 (LISTEN) connections.
+        "pool_size": int(os.environ.get("CONSOLE_POOL_SIZE", "8")),
+        "max_overflow": int(os.environ.get("CONSOLE_POOL_OVERFLOW", "0")),
         "pool_timeout": 10,
         "pool_recycle": 1800,
         # Fail fast when the server is gone: 503 within seconds, never a hung worker.
