@@ -12,6 +12,8 @@ from pathlib import Path
 
 from flask import Flask
 
+from .pool import FairQueuePool
+
 # Limits of SPEC §6, in one place so the schemas, the services and the docs agree.
 MAX_BODY_BYTES = 256 * 1024
 MAX_EVENT_PAYLOAD_BYTES = 16 * 1024
@@ -103,6 +105,7 @@ def engine_options(uri: str) -> dict:
         # Reads run in autocommit (no BEGIN/ROLLBACK round trips; at READ COMMITTED every
         # statement had its own snapshot anyway); write_transaction() opens a real transaction.
         "isolation_level": "AUTOCOMMIT",
+        "poolclass": FairQueuePool,  # checkouts served in arrival order (console/pool.py)
         # Per worker process. With gevent workers thousands of clients may wait at once, but
         # a waiting client holds no connection; past pool_size + max_overflow, requests queue
         # (as greenlets) for up to pool_timeout before answering 503. The pool is what keeps
