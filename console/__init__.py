@@ -21,12 +21,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .errors import register_error_handlers
     from .extensions import csrf, db, migrate
     from .routes import api, notify, pages, stream
-    from .security import init_security
+    from .security import enforce_body_limit, init_security
 
     configure(app, test_config)
     app.json.sort_keys = False  # records read in the order the spec lists their fields
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
+    enforce_body_limit(app)  # before CSRF's hook reads a form
     csrf.init_app(app)
     configure_engine(app)
     hub.init_app(app)

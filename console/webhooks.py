@@ -43,6 +43,7 @@ from . import outbound
 from .database import write_transaction
 from .events import JOB_EVENTS
 from .extensions import db
+from .inputs import ascii_int
 from .models import (
     DELIVERY_CANCELLED, DELIVERY_DELIVERED, DELIVERY_FAILED, DELIVERY_PENDING, WebhookAttempt, WebhookDelivery,
     WebhookEndpoint, event_envelope,
@@ -136,8 +137,9 @@ def retry_after_seconds(value: str | None, at: dt.datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
+    seconds = ascii_int(value)
+    if seconds is not None:
+        return min(float(seconds), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -5,6 +5,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from ..auth import api_auth
 from ..errors import FieldError, NotFound, ValidationFailed
+from ..inputs import ascii_int
 from ..realtime import job_event_stream
 from ..schemas import StreamQuery, parse
 from ..services.jobs import job_visible_to
@@ -16,9 +17,10 @@ def resume_point() -> int:
     """Where a (re)connecting client resumes: Last-Event-ID, else ?after=, else the start."""
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
-        if not header.isdigit() or len(header) > 19:
+        event_id = ascii_int(header)
+        if event_id is None:
             raise ValidationFailed([FieldError("Last-Event-ID", "must be an event id (a non-negative integer)")])
-        return int(header)
+        return event_id
     return parse(StreamQuery, request.args.to_dict()).after or 0
 
 
