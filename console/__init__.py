@@ -1,64 +1,18 @@
 """The escalation console: where an autonomous coding agent asks its founder for help.
 
 `create_app()` is the Flask application factory (`flask --app console ...`,
-`gunicorn 'console:create_app()'`).
+`gunicorn 'console:create_app()'`). Importing the package imports nothing else, so that
+`console.client`, the agents' client, needs the standard library alone.
 """
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, jsonify
-from sqlalchemy import text
+if TYPE_CHECKING:
+    from flask import Flask
 
 
-def create_app(test_config: dict | None = None) -> Flask:
-    app = Flask(__name__, instance_relative_config=True)
-    os.makedirs(app.instance_path, exist_ok=True)
+def create_app(test_config: dict[str, Any] | None = None) -> "Flask":
+    from .app import create_app as factory  # noqa: PLC0415
 
-    from . import cli, hub
-    from .config import configure
-    from .database import configure_engine
-    from .errors import register_error_handlers
-    from .extensions import csrf, db, migrate
-    from .routes import api, notify, pages, stream
-    from .security import enforce_body_limit, init_security
-
-    configure(app, test_config)
-    app.json.sort_keys = False  # records read in the order the spec lists their fields
-    db.init_app(app)
-    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
-    enforce_body_limit(app)  # before CSRF's hook reads a form
-    csrf.init_app(app)
-    configure_engine(app)
-    hub.init_app(app)
-
-    app.register_blueprint(api.bp)
-    app.register_blueprint(stream.bp)
-    app.register_blueprint(pages.bp)
-    notify.init_app(app)  # e-mail links, one-click unsubscribe, Slack's buttons (SPEC §11)
-    csrf.exempt(api.bp)  # bearer tokens, never cookies: nothing for a forged form to ride on
-    csrf.exempt(stream.bp)
-    init_security(app)
-    register_error_handlers(app)
-    cli.register(app)
-
-    @app.get("/healthz")
-    def healthz():
-        try:
-            db.session.execute(text("SELECT 1"))
-        except Exception:
-            db.session.rollback()
-            from .errors import problem  # noqa: PLC0415
-
-            return problem(503, "Service unavailable", "The database is not answering.")
-        finally:
-            db.session.remove()
-        return jsonify({"status": "ok"})
-
-    @app.get("/api/openapi.json")
-    def openapi() -> Response:
-        from .openapi import openapi_document  # noqa: PLC0415
-
-        return jsonify(openapi_document())
-
-    return app
+    return factory(test_config)

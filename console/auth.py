@@ -16,17 +16,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import jwt
+from cachetools import TTLCache
 from flask import current_app, g, request, session
 
 from .errors import Forbidden, Unauthorized
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 SESSION_FOUNDER_KEY = "founder_id"
+SESSION_UNTIL_KEY = "until"  # the exp of the token the session was started with
 
 
 @dataclass(frozen=True)
@@ -83,11 +86,14 @@ DEFAULT_AGENT_TOKEN_TTL = 24 * 3600
 def _jwks_client(url: str) -> jwt.PyJWKClient:
     clients = current_app.extensions.setdefault("console_jwks_clients", {})
     if url not in clients:
-        clients[url] = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
+        clients[url] = jwt.PyJWKClient(url, cache_keys=True, lifespan=_VERIFIED_FOR_SECONDS, timeout=5)
     return clients[url]
 
 
 _VERIFIED_CACHE_SIZE = 4096
+# A token is verified again after this long: a key rotated out of the identity provider's
+# JWKS stops signing in within this time (the JWKS client refetches keys as often).
+_VERIFIED_FOR_SECONDS = 300
 
 
 def verify_founder_token(token: str) -> str:
@@ -96,31 +102,40 @@ def verify_founder_token(token: str) -> str:
     A frontend sends the same token with every request until it expires, so tokens whose
     signature checked out are remembered (per app, bounded); their time claims are checked
     again on every use."""
+    return _remembered("console_verified_tokens", token, _verify_founder_token)[0]
+
+
+def verify_founder_token_until(token: str) -> tuple[str, float]:
+    """verify_founder_token, with the token's `exp` (a console session signed in with the
+    token ends no later)."""
     return _remembered("console_verified_tokens", token, _verify_founder_token)
 
 
 def verify_agent_jwt(token: str) -> Principal:
     """The scoped agent of a valid job-scoped agent JWT; Unauthorized otherwise (remembered
     like founder tokens)."""
-    return _remembered("console_verified_agent_tokens", token, _verify_agent_jwt)
+    return _remembered("console_verified_agent_tokens", token, _verify_agent_jwt)[0]
 
 
-def _remembered(cache_name: str, token: str, verify: Callable[[str], tuple]):
-    cache: dict[str, tuple] = current_app.extensions.setdefault(cache_name, {})
-    hit = cache.get(token)
+def _remembered(cache_name: str, token: str, verify: Callable[[str], tuple]) -> tuple[Any, float]:
+    """(what verify() made of the token, the token's exp)."""
+    cache, lock = current_app.extensions.get(cache_name) or current_app.extensions.setdefault(
+        cache_name, (TTLCache(maxsize=_VERIFIED_CACHE_SIZE, ttl=_VERIFIED_FOR_SECONDS), threading.Lock()))
+    with lock:
+        hit = cache.get(token)
     if hit is not None:
         value, not_before, expires = hit
         now = time.time()
         leeway = current_app.config.get("JWT_LEEWAY_SECONDS", 10)
         if not_before - leeway <= now < expires + leeway:
-            return value
-        cache.pop(token, None)
+            return value, expires
+        with lock:
+            cache.pop(token, None)
     value, claims = verify(token)
-    if len(cache) >= _VERIFIED_CACHE_SIZE:
-        cache.clear()
     not_before = max(float(claims.get("nbf", 0) or 0), float(claims.get("iat", 0) or 0))
-    cache[token] = (value, not_before, float(claims["exp"]))
-    return value
+    with lock:
+        cache[token] = (value, not_before, float(claims["exp"]))
+    return value, float(claims["exp"])
 
 
 def _decode_errors(error: jwt.PyJWTError) -> Unauthorized:
@@ -253,13 +268,21 @@ def api_auth(*, founder: bool = True, agent: bool = True) -> Callable:
 # --- the console session -------------------------------------------------------------------
 
 def current_founder_id() -> str | None:
+    until = session.get(SESSION_UNTIL_KEY)
+    if until is not None and time.time() >= until:
+        session.clear()  # signed in with a token that has expired since
+        return None
     return session.get(SESSION_FOUNDER_KEY)
 
 
-def start_console_session(founder_id: str) -> None:
+def start_console_session(founder_id: str, until: float | None = None) -> None:
+    """Sign the founder in for PERMANENT_SESSION_LIFETIME, and no longer than `until` (the
+    exp of the token they signed in with)."""
     session.clear()  # a fresh session (and CSRF secret) for every login
     session.permanent = True
     session[SESSION_FOUNDER_KEY] = founder_id
+    if until is not None:
+        session[SESSION_UNTIL_KEY] = until
 
 
 def end_console_session() -> None:

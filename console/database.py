@@ -72,8 +72,14 @@ def _configure_sqlite(engine: Engine) -> None:
 
 @contextmanager
 def write_transaction() -> Iterator[Session]:
-    """One atomic unit of change: commits on success, rolls back on any error."""
+    """One atomic unit of change: commits on success, rolls back on any error. It refuses
+    to start on top of changes the Session already holds (objects added, changed or
+    deleted outside any write transaction): those would be committed with it unseen."""
     session = db.session()  # the request's Session behind the scoped proxy
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("write_transaction() would commit changes made outside it "
+                           f"({len(session.new)} new, {len(session.dirty)} changed, {len(session.deleted)} deleted "
+                           "objects in the Session): make every change inside the transaction")
     if session.in_transaction():
         session.commit()  # close a read-only transaction before taking the write lock
     options = {_WRITE: True}

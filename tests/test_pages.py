@@ -83,6 +83,22 @@ def test_login_without_csrf_token_is_refused(app, ids):
     assert resp.status_code == 400
 
 
+def test_a_console_session_ends_when_the_token_it_was_started_with_expires(app, ids, monkeypatch):
+    import time
+
+    from console import auth
+
+    browser = app.test_client()
+    csrf = CSRF.search(browser.get("/login").get_data(as_text=True)).group(1)
+    token = mint_jwt(ids.founder_id, exp_in=600)
+    assert browser.post("/login", data={"csrf_token": csrf, "token": token}).status_code == 303
+    assert browser.get("/").status_code == 200
+    later = time.time() + 601  # past the token's exp, well within the 12 h session lifetime
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    resp = browser.get("/")
+    assert resp.status_code in (302, 303) and resp.headers["Location"].startswith("/login")
+
+
 def test_login_never_redirects_off_site(app, ids):
     browser = app.test_client()
     csrf = CSRF.search(browser.get("/login").get_data(as_text=True)).group(1)

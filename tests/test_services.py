@@ -38,3 +38,58 @@ def test_recently_decided_orders_by_decision_time(app, make_escalation, ids):
         decided = service.recently_decided(ids.founder_id, 10)
         assert [str(e.id) for e in decided] == [first["id"], second["id"]]
         assert service.count_pending(ids.founder_id) == 0
+
+
+def test_a_write_transaction_refuses_to_commit_changes_made_outside_it(app, ids):
+    import pytest
+
+    from console.database import write_transaction
+    from console.extensions import db
+    from console.models import Job
+
+    with app.app_context():
+        db.session.add(Job(id=ids.new("job"), founder_id=ids.founder_id))  # a stray change, in no transaction
+        with pytest.raises(RuntimeError, match="would commit changes made outside it"):
+            with write_transaction():
+                pass
+        db.session.rollback()
+        with write_transaction() as session:  # inside, the same change is what it commits
+            session.add(Job(id=ids.new("job"), founder_id=ids.founder_id))
+        db.session.remove()
+
+
+def test_the_caches_are_bounded_and_forget_the_least_recently_used(app, ids):
+    from console.services import jobs
+
+    with app.app_context():
+        owners = jobs._known_owners()
+        assert owners.maxsize == jobs._KNOWN_OWNERS_MAX
+        for n in range(owners.maxsize + 10):
+            owners[f"cache-job-{n}"] = "f"
+        assert len(owners) == owners.maxsize and owners.get("cache-job-0") is None
+        assert owners.get(f"cache-job-{owners.maxsize + 9}") == "f"
+
+
+def test_a_remembered_token_is_verified_again_after_its_time_in_the_cache(app, ids, monkeypatch):
+    import time
+
+    from conftest import mint_jwt
+    from console import auth
+    from console.errors import Unauthorized
+
+    token = mint_jwt(ids.founder_id, exp_in=3600)
+    with app.test_request_context():
+        assert auth.verify_founder_token(token) == ids.founder_id
+        cache, _ = app.extensions["console_verified_tokens"]
+        assert token in cache
+        # The key behind it is withdrawn (here: the secret changes): the cached verdict stands
+        # only until the entry expires, then the token is checked afresh and refused.
+        monkeypatch.setitem(app.config, "JWT_SECRET", "a-rotated-secret-" + "x" * 32)
+        assert auth.verify_founder_token(token) == ids.founder_id
+        cache.expire(time.monotonic() + auth._VERIFIED_FOR_SECONDS + 1)
+        try:
+            auth.verify_founder_token(token)
+        except Unauthorized:
+            pass
+        else:
+            raise AssertionError("a token was still accepted after its cache entry expired")

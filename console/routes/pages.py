@@ -12,7 +12,7 @@ from flask import (
     Blueprint, Response, current_app, redirect, render_template, request, stream_with_context, url_for,
 )
 
-from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token
+from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token_until
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..events import event_envelope, latest_visible_event_id
 from ..live import (
@@ -73,10 +73,10 @@ def login():
 def login_submit():
     token = (request.form.get("token") or "").strip()
     try:
-        founder_id = verify_founder_token(token)
+        founder_id, token_expires = verify_founder_token_until(token)
     except Unauthorized as error:
         return render_template("login.html", error=error.detail, next=request.form.get("next", "")), 401
-    start_console_session(founder_id)
+    start_console_session(founder_id, until=token_expires)
     return redirect(_safe_next(request.form.get("next")), 303)
 
 

@@ -1,8 +1,10 @@
 """Jobs: who owns one, and its event log (post, list) — every rule about them is here."""
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from cachetools import LRUCache
 from flask import current_app
 from sqlalchemy import Row, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -29,18 +31,36 @@ def dialect_insert(model):
 _KNOWN_OWNERS_MAX = 50_000
 
 
-def _known_owners() -> dict[str, str]:
-    return current_app.extensions.setdefault("console_known_job_owners", {})
+def _known_owners() -> LRUCache:
+    """This app's remembered owners (bounded: the least recently used are forgotten)."""
+    owners = current_app.extensions.get("console_known_job_owners")
+    if owners is None:
+        owners = current_app.extensions.setdefault("console_known_job_owners", _LockedCache(_KNOWN_OWNERS_MAX))
+    return owners
+
+
+class _LockedCache(LRUCache):
+    """An LRUCache safe to share between threads through get() and item assignment, the two
+    ways it is used (cachetools' caches are not thread-safe by themselves)."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            return super().get(key, default)
+
+    def __setitem__(self, key, value):
+        with self._lock:
+            super().__setitem__(key, value)
 
 
 def _read_owner(job_id: str) -> str | None:
     """The stored founder of a job (None for an unknown job), remembered once read."""
     owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one_or_none()
     if owner is not None:
-        owners = _known_owners()
-        if len(owners) >= _KNOWN_OWNERS_MAX:
-            owners.clear()
-        owners[job_id] = owner
+        _known_owners()[job_id] = owner
     return owner
 
 
