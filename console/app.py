@@ -38,6 +38,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_error_handlers(app)
     cli.register(app)
 
+    with app.open_resource("static/favicon.svg") as icon:
+        favicon_svg = icon.read()
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:  # browsers ask for it before they read the page's <link rel="icon">
+        return Response(favicon_svg, mimetype="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
+
     @app.get("/healthz")
     def healthz():
         try:

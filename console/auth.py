@@ -117,10 +117,18 @@ def verify_agent_jwt(token: str) -> Principal:
     return _remembered("console_verified_agent_tokens", token, _verify_agent_jwt)[0]
 
 
+def _token_cache(cache_name: str) -> tuple[TTLCache, threading.Lock]:
+    """This app's cache of verified tokens of one kind, with the lock that guards it."""
+    found = current_app.extensions.get(cache_name)
+    if found is None:
+        found = current_app.extensions.setdefault(
+            cache_name, (TTLCache(maxsize=_VERIFIED_CACHE_SIZE, ttl=_VERIFIED_FOR_SECONDS), threading.Lock()))
+    return found
+
+
 def _remembered(cache_name: str, token: str, verify: Callable[[str], tuple]) -> tuple[Any, float]:
     """(what verify() made of the token, the token's exp)."""
-    cache, lock = current_app.extensions.get(cache_name) or current_app.extensions.setdefault(
-        cache_name, (TTLCache(maxsize=_VERIFIED_CACHE_SIZE, ttl=_VERIFIED_FOR_SECONDS), threading.Lock()))
+    cache, lock = _token_cache(cache_name)
     with lock:
         hit = cache.get(token)
     if hit is not None:
@@ -237,7 +245,9 @@ def _remembered_bearer(token: str) -> Principal | None:
     leeway = current_app.config.get("JWT_LEEWAY_SECONDS", 10)
     for cache_name, as_principal in (("console_verified_tokens", lambda sub: Principal("founder", sub)),
                                      ("console_verified_agent_tokens", lambda principal: principal)):
-        hit = current_app.extensions.get(cache_name, {}).get(token)
+        cache, lock = _token_cache(cache_name)
+        with lock:
+            hit = cache.get(token)
         if hit is not None:
             value, not_before, expires = hit
             if not_before - leeway <= now < expires + leeway:

@@ -31,6 +31,10 @@ backlog = 4096
 # timeout only catches a worker whose event loop is truly stuck.
 timeout = 60
 graceful_timeout = 10
-keepalive = 5
+# Idle keep-alive connections are held longer than clients and proxies hold theirs (Node's
+# undici 4 s, nginx and AWS load balancers 60 s), so the far end always closes first: with
+# 5 s, an EventSource reconnecting (`retry: 2000`) on a pooled connection sometimes met the
+# server closing it at that moment ("other side closed"). An idle connection costs a greenlet.
+keepalive = 75
 reuse_port = True  # every worker accepts on its own socket: the kernel spreads the load
 control_socket_disable = True

@@ -338,3 +338,22 @@ def test_live_frames_render_cards_and_timeline_lines(app, make_escalation, clien
     assert 'hx-swap-oob="beforeend:#timeline"' in resolved_card
     assert esc["id"] not in foreign  # another founder's stream never renders this card
     assert all(line.startswith(("id: ", "event: ", "data: ")) for line in new_card.strip().split("\n"))
+
+
+def test_the_inbox_title_counts_the_waiting_questions_and_headings_never_skip_a_level(console, make_escalation):
+    browser = console()
+    empty = browser.get("/").get_data(as_text=True)
+    assert "<title>Inbox · Console</title>" in empty
+    escalation = make_escalation()
+    html = browser.get("/").get_data(as_text=True)
+    assert "<title>(1) Inbox · Console</title>" in html and "data-count-in-title" in html
+    for page in (html, browser.get(f"/escalations/{escalation['id']}").get_data(as_text=True),
+                 browser.get(f"/jobs/{escalation['job_id']}").get_data(as_text=True)):
+        levels = [int(level) for level in re.findall(r"<h([1-6])[\s>]", page)]
+        assert levels and levels[0] == 1, levels
+        assert all(b - a <= 1 for a, b in zip(levels, levels[1:])), levels  # axe's heading-order
+
+
+def test_the_favicon_is_served_where_browsers_ask_for_it(client):
+    resp = client.get("/favicon.ico")
+    assert resp.status_code == 200 and resp.mimetype == "image/svg+xml" and b"<svg" in resp.data

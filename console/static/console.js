@@ -91,6 +91,13 @@
     var empty = document.getElementById("pending-empty");
     var list = document.getElementById("pending-cards");
     if (empty && list) empty.hidden = list.children.length > 0;
+    var count = document.getElementById("pending-count");
+    if (count && document.body.hasAttribute("data-count-in-title")) {
+      // "(3) Inbox · Console": the tab says how many questions wait, live.
+      var n = parseInt(count.textContent, 10) || 0;
+      document.title = document.title.replace(/^\(\d+\) /, "");
+      if (n > 0) document.title = "(" + n + ") " + document.title;
+    }
     var decidedEmpty = document.getElementById("decided-empty");
     var decided = document.getElementById("decided-cards");
     if (decidedEmpty && decided) decidedEmpty.hidden = decided.children.length > 0;
