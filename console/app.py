@@ -9,7 +9,10 @@ from sqlalchemy import text
 
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
-    os.makedirs(app.instance_path, exist_ok=True)
+    try:  # the embedded database and generated secrets live here; PostgreSQL with its secrets given needs none
+        os.makedirs(app.instance_path, exist_ok=True)
+    except OSError:
+        pass  # a read-only file system: whatever needs the folder says so when it does
 
     from . import cli, hub
     from .config import configure

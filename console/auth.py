@@ -156,6 +156,8 @@ def _decode_errors(error: jwt.PyJWTError) -> Unauthorized:
 
 def _verify_agent_jwt(token: str) -> tuple[Principal, dict]:
     config = current_app.config
+    if not config.get("AGENT_JWT_SECRET"):
+        raise Unauthorized("Job-scoped agent tokens are not enabled on this server (CONSOLE_AGENT_JWT_SECRET).")
     try:
         claims = jwt.decode(token, config["AGENT_JWT_SECRET"], algorithms=["HS256"],
                             leeway=config.get("JWT_LEEWAY_SECONDS", 10),

@@ -45,6 +45,8 @@ def register(app: Flask) -> None:
         for name, value in (("--job", job_id), ("--founder", founder_id)):
             if len(value) > 255 or "\x00" in value:
                 raise click.UsageError(f"{name} must be 1-255 characters, without NUL.")
+        if not app.config.get("AGENT_JWT_SECRET"):
+            raise click.ClickException("Job-scoped tokens need CONSOLE_AGENT_JWT_SECRET (the same on every host).")
         click.echo(mint_agent_jwt(app.config["AGENT_JWT_SECRET"], job_id, founder_id,
                                   ttl if ttl is not None else DEFAULT_AGENT_TOKEN_TTL))
 

@@ -163,6 +163,33 @@ def _add_missing_secrets(path: Path) -> dict[str, str]:
     return stored
 
 
+def _settle_secrets(app: Flask, *, embedded: bool) -> None:
+    """Secrets that were not given are generated into instance/secrets.json only for the
+    embedded default (SQLite on one host, a development run). Against PostgreSQL the console
+    may run on several hosts: each would make its own session key and agent token (random
+    401s behind a load balancer), so it starts only with them given. Founder tokens are
+    HS256 only with CONSOLE_JWT_SECRET: never implied beside an identity provider's key or
+    JWKS, where a generated secret would let whoever reads the instance folder sign in as
+    any founder. Job-scoped agent tokens need CONSOLE_AGENT_JWT_SECRET (off without it)."""
+    config = app.config
+    identity_provider = bool(config.get("JWT_PUBLIC_KEY") or config.get("JWKS_URL"))
+    wanted = [name for name in GENERATED_SECRETS if not (name == "JWT_SECRET" and identity_provider)]
+    if embedded:
+        if any(not config.get(name) for name in wanted):
+            generated = load_generated_secrets(app.instance_path)
+            for name in wanted:
+                if not config.get(name):
+                    config[name] = generated[name]
+        return
+    required = ["SECRET_KEY", "AGENT_TOKEN", *([] if identity_provider else ["JWT_SECRET"])]
+    missing = [f"CONSOLE_{name}" for name in required if not config.get(name)]
+    if missing:
+        raise RuntimeError(
+            f"Set {', '.join(missing)}: on PostgreSQL the console generates no secrets (every host and the "
+            "worker must share the same ones). Founder tokens may instead be verified with "
+            "CONSOLE_JWT_PUBLIC_KEY or CONSOLE_JWKS_URL (then CONSOLE_JWT_SECRET is not needed).")
+
+
 def _check_default_expires_in(value) -> None:
     if value is None:
         return
@@ -185,11 +212,8 @@ def configure(app: Flask, test_config: dict | None) -> None:
     _check_default_expires_in(app.config.get("DEFAULT_EXPIRES_IN"))
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(uri))
-    if any(not app.config.get(name) for name in GENERATED_SECRETS):
-        generated = load_generated_secrets(app.instance_path)
-        for name in GENERATED_SECRETS:
-            if not app.config.get(name):
-                app.config[name] = generated[name]
-    if app.config["AGENT_JWT_SECRET"] in (app.config["JWT_SECRET"], app.config["AGENT_TOKEN"]):
+    _settle_secrets(app, embedded=uri.startswith("sqlite"))
+    if app.config["AGENT_JWT_SECRET"] and app.config["AGENT_JWT_SECRET"] in (app.config["JWT_SECRET"],
+                                                                             app.config["AGENT_TOKEN"]):
         # One key for both kinds of JWT would let a founder's token be signed as an agent's.
         raise RuntimeError("CONSOLE_AGENT_JWT_SECRET must differ from CONSOLE_JWT_SECRET and CONSOLE_AGENT_TOKEN.")
