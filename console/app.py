@@ -25,7 +25,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     configure(app, test_config)
     app.json.sort_keys = False  # records read in the order the spec lists their fields
     db.init_app(app)
-    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
+    # Inside the package, so that an installed wheel migrates too.
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "migrations"))
     enforce_body_limit(app)  # before CSRF's hook reads a form
     csrf.init_app(app)
     configure_engine(app)
