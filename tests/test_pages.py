@@ -150,6 +150,16 @@ def test_a_login_link_signs_in_once(app, ids):
     assert browser.get("/").status_code == 200  # the first click's session stands
 
 
+def test_a_used_link_opened_while_signed_in_shows_the_way_back_not_a_token_form(app, ids):
+    browser, form = _link_form(app, ids.founder_id)
+    assert browser.post("/login/link", data=form).status_code == 303
+    page = browser.get("/login/link?" + urlencode({"t": form["t"]}))  # the same mail, clicked again
+    html = page.get_data(as_text=True)
+    assert page.status_code == 400 and "used already" in html
+    assert f"signed in as <strong>{ids.founder_id}</strong>" in html and 'href="/"' in html
+    assert 'name="token"' not in html and "paste a token" not in html
+
+
 def test_concurrent_clicks_on_one_login_link_sign_in_once(app, ids):
     _, form = _link_form(app, ids.founder_id)
     browsers = [_link_form(app, ids.founder_id) for _ in range(8)]  # each with a session and its CSRF token

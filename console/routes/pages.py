@@ -87,8 +87,10 @@ def make_login_link(founder_id: str) -> str:
 
 
 def _link_refused():
-    return render_template("login.html", error="This sign-in link has expired, has been used already, or is not "
-                                               "valid. Ask for a new one, or paste a token below."), 400
+    signed_in_as = current_founder_id()
+    advice = "" if signed_in_as else " Ask for a new one, or paste a token below."
+    return render_template("login.html", signed_in_as=signed_in_as,
+                           error="This sign-in link has expired, has been used already, or is not valid." + advice), 400
 
 
 @bp.get("/login/link")
