@@ -61,7 +61,7 @@ OPERATIONS: list[tuple[str, str, str, tuple[str, ...], type[BaseModel] | None, t
 
 MODELS = [s.EscalationCreate, s.EscalationOption, s.ResolveRequest, s.SkipRequest, s.EventCreate,
           s.EscalationResponse, s.EscalationPage, s.EventEnvelope, s.EventPage, s.ProblemDetails, s.HealthResponse,
-          s.PreviousDecision, s.RuleResponse, s.RuleList, s.NotificationSettingsDocument, s.QuietHours]
+          s.PreviousDecision, s.ProblemFieldError, s.RuleResponse, s.RuleList, s.NotificationSettingsDocument, s.QuietHours]
 
 COMMON_ERRORS = {
     400: "The body is empty, not valid JSON, or not a JSON object",
@@ -75,7 +75,13 @@ COMMON_ERRORS = {
 }
 
 
-# Before OpenAPI 3.2 (which names it itemSchema), the `schema` of text/event-stream describes one event.
+# Tools read the schema of text/event-stream two ways before OpenAPI 3.2's itemSchema: per
+# event (schemathesis validates each event against it) or as the whole body (a generated
+# client). Either a ServerSentEvent or a string, so both hold: each event is a
+# ServerSentEvent whose `data` is an EventEnvelope, and openapi-python-client's client hands
+# the body over as text instead of parsing it as JSON.
+SSE_STREAM = {"anyOf": [{"$ref": "#/components/schemas/ServerSentEvent"}, {"type": "string"}],
+              "description": "Each event is a ServerSentEvent; the body as a whole is text"}
 SSE_EVENT = {
     "type": "object",
     "description": "One Server-Sent Event: `event` is the envelope's `type` (or `heartbeat`), `id` the event id, "
@@ -84,7 +90,8 @@ SSE_EVENT = {
     "properties": {
         "event": {"type": "string"},
         "id": {"type": "string", "pattern": "^[0-9]+$"},
-        "data": {"type": "string", "contentMediaType": "application/json"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/EventEnvelope"}},
         "retry": {"type": "integer", "minimum": 0},
     },
 }
@@ -132,7 +139,7 @@ def openapi_document() -> dict:
                 continue
             if model == "text/event-stream":
                 operation["responses"][str(status)] = {
-                    "description": description, "content": {"text/event-stream": {"schema": SSE_EVENT}}}
+                    "description": description, "content": {"text/event-stream": {"schema": SSE_STREAM}}}
                 continue
             operation["responses"][str(status)] = {
                 "description": description, "content": {content_type: {"schema": _schema_ref(model)}}}
@@ -152,7 +159,7 @@ def openapi_document() -> dict:
                  "description": "Agents escalate; founders decide; the decision flows back over the job's event stream."},
         "paths": paths,
         "components": {
-            "schemas": top["$defs"],
+            "schemas": {**top["$defs"], "ServerSentEvent": SSE_EVENT},
             "securitySchemes": {
                 "founderJWT": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                                "description": "A founder's JWT: `sub` is the founder id"},

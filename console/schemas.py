@@ -71,6 +71,11 @@ class EscalationOption(BaseModel):
 class EscalationCreate(BaseModel):
     """Body of POST /api/jobs/{job_id}/escalations (the agent escalates)."""
 
+    # Exactly one of error_message and error_signature, said in the schema too (inside allOf:
+    # a generated client then still types the body, where a bare oneOf makes it Any).
+    model_config = ConfigDict(json_schema_extra={"allOf": [{"oneOf": [{"required": ["error_message"]},
+                                                                      {"required": ["error_signature"]}]}]})
+
     session_id: Id
     project_id: ShortId
     founder_id: Id
@@ -269,12 +274,19 @@ class EventEnvelope(BaseModel):
     id: int
     type: str
     job_id: str
-    timestamp: str
+    timestamp: str = Field(json_schema_extra={"format": "date-time"})
 
 
 class EventPage(BaseModel):
     items: list[EventEnvelope]
     next_after: int
+
+
+class ProblemFieldError(BaseModel):
+    """One invalid input of a 422: which field (a dotted path for nested ones), and what to fix."""
+
+    field: str
+    message: str
 
 
 class ProblemDetails(BaseModel):
@@ -286,7 +298,7 @@ class ProblemDetails(BaseModel):
     title: str
     status: int
     detail: str
-    errors: list[dict[str, str]] | None = Field(None, description="422: [{field, message}]")
+    errors: list[ProblemFieldError] | None = Field(None, description="422: every invalid input")
     escalation: EscalationResponse | None = Field(None, description="409: the current record")
 
 
