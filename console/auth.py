@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -25,6 +24,7 @@ import jwt
 from cachetools import TTLCache
 from flask import current_app, g, request, session
 
+from .caches import LockedCache, app_cache
 from .errors import Forbidden, Unauthorized
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
@@ -117,32 +117,25 @@ def verify_agent_jwt(token: str) -> Principal:
     return _remembered("console_verified_agent_tokens", token, _verify_agent_jwt)[0]
 
 
-def _token_cache(cache_name: str) -> tuple[TTLCache, threading.Lock]:
-    """This app's cache of verified tokens of one kind, with the lock that guards it."""
-    found = current_app.extensions.get(cache_name)
-    if found is None:
-        found = current_app.extensions.setdefault(
-            cache_name, (TTLCache(maxsize=_VERIFIED_CACHE_SIZE, ttl=_VERIFIED_FOR_SECONDS), threading.Lock()))
-    return found
+def _token_cache(cache_name: str) -> LockedCache:
+    """This app's cache of verified tokens of one kind."""
+    return app_cache(cache_name, lambda: TTLCache(maxsize=_VERIFIED_CACHE_SIZE, ttl=_VERIFIED_FOR_SECONDS))
 
 
 def _remembered(cache_name: str, token: str, verify: Callable[[str], tuple]) -> tuple[Any, float]:
     """(what verify() made of the token, the token's exp)."""
-    cache, lock = _token_cache(cache_name)
-    with lock:
-        hit = cache.get(token)
+    cache = _token_cache(cache_name)
+    hit = cache.get(token)
     if hit is not None:
         value, not_before, expires = hit
         now = time.time()
         leeway = current_app.config.get("JWT_LEEWAY_SECONDS", 10)
         if not_before - leeway <= now < expires + leeway:
             return value, expires
-        with lock:
-            cache.pop(token, None)
+        cache.pop(token, None)
     value, claims = verify(token)
     not_before = max(float(claims.get("nbf", 0) or 0), float(claims.get("iat", 0) or 0))
-    with lock:
-        cache[token] = (value, not_before, float(claims["exp"]))
+    cache[token] = (value, not_before, float(claims["exp"]))
     return value, float(claims["exp"])
 
 
@@ -247,9 +240,7 @@ def _remembered_bearer(token: str) -> Principal | None:
     leeway = current_app.config.get("JWT_LEEWAY_SECONDS", 10)
     for cache_name, as_principal in (("console_verified_tokens", lambda sub: Principal("founder", sub)),
                                      ("console_verified_agent_tokens", lambda principal: principal)):
-        cache, lock = _token_cache(cache_name)
-        with lock:
-            hit = cache.get(token)
+        hit = _token_cache(cache_name).get(token)
         if hit is not None:
             value, not_before, expires = hit
             if not_before - leeway <= now < expires + leeway:

@@ -70,9 +70,7 @@ def enforce_body_limit(app: Flask) -> None:
     @app.before_request
     def read_chunked_body():
         environ = request.environ
-        if request.content_length is not None or not environ.get("wsgi.input_terminated"):
-            return None
-        if request.method in ("GET", "HEAD", "OPTIONS") and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", ""):
+        if request.content_length is not None or "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             return None
         limit = app.config["MAX_CONTENT_LENGTH"]
         try:

@@ -55,7 +55,7 @@ def postgres_server_url() -> str | None:
     """TEST_DATABASE_URL, else the local server if it answers; None when there is none."""
     url = os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES
     try:
-        with psycopg.connect(_plain(url), connect_timeout=2):
+        with psycopg.connect(plain_url(url), connect_timeout=2):
             return url
     except psycopg.OperationalError:
         if os.environ.get("CI") or os.environ.get("TEST_DATABASE_URL"):
@@ -63,7 +63,7 @@ def postgres_server_url() -> str | None:
         return None
 
 
-def _plain(url: str) -> str:
+def plain_url(url: str) -> str:
     """The URL psycopg takes (no SQLAlchemy driver suffix)."""
     parts = urlsplit(url)
     scheme = parts.scheme.split("+", 1)[0]
@@ -83,13 +83,13 @@ class ScratchPostgres:
 
     def create(self, prefix: str = "console_test") -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(_plain(self.server_url), autocommit=True) as conn:
+        with psycopg.connect(plain_url(self.server_url), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return with_database(self.server_url, name)
 
     def drop(self, url: str) -> None:
         name = urlsplit(url).path.lstrip("/")
-        with psycopg.connect(_plain(self.server_url), autocommit=True) as conn:
+        with psycopg.connect(plain_url(self.server_url), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from conftest import GunicornServer, _plain as plain_url, dispose, make_app, migrate
+from conftest import GunicornServer, dispose, make_app, migrate, plain_url
 from console import events
 from console.events import list_events, list_founder_events, latest_visible_event_id
 from console.extensions import db

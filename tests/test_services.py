@@ -63,11 +63,12 @@ def test_the_caches_are_bounded_and_forget_the_least_recently_used(app, ids):
 
     with app.app_context():
         owners = jobs._known_owners()
-        assert owners.maxsize == jobs._KNOWN_OWNERS_MAX
-        for n in range(owners.maxsize + 10):
+        maxsize = owners.cache.maxsize
+        assert maxsize == jobs._KNOWN_OWNERS_MAX
+        for n in range(maxsize + 10):
             owners[f"cache-job-{n}"] = "f"
-        assert len(owners) == owners.maxsize and owners.get("cache-job-0") is None
-        assert owners.get(f"cache-job-{owners.maxsize + 9}") == "f"
+        assert len(owners) == maxsize and owners.get("cache-job-0") is None
+        assert owners.get(f"cache-job-{maxsize + 9}") == "f"
 
 
 def test_a_remembered_token_is_verified_again_after_its_time_in_the_cache(app, ids, monkeypatch):
@@ -80,13 +81,13 @@ def test_a_remembered_token_is_verified_again_after_its_time_in_the_cache(app, i
     token = mint_jwt(ids.founder_id, exp_in=3600)
     with app.test_request_context():
         assert auth.verify_founder_token(token) == ids.founder_id
-        cache, _ = app.extensions["console_verified_tokens"]
+        cache = app.extensions["console_verified_tokens"]
         assert token in cache
         # The key behind it is withdrawn (here: the secret changes): the cached verdict stands
         # only until the entry expires, then the token is checked afresh and refused.
         monkeypatch.setitem(app.config, "JWT_SECRET", "a-rotated-secret-" + "x" * 32)
         assert auth.verify_founder_token(token) == ids.founder_id
-        cache.expire(time.monotonic() + auth._VERIFIED_FOR_SECONDS + 1)
+        cache.cache.expire(time.monotonic() + auth._VERIFIED_FOR_SECONDS + 1)
         try:
             auth.verify_founder_token(token)
         except Unauthorized:

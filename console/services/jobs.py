@@ -1,16 +1,15 @@
 """Jobs: who owns one, and its event log (post, list) — every rule about them is here."""
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from cachetools import LRUCache
-from flask import current_app
 from sqlalchemy import Row, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..auth import AGENT, Principal
+from ..caches import LockedCache, app_cache
 from ..database import write_transaction
 from ..errors import Conflict, FieldError, ValidationFailed
 from ..database import read_rows
@@ -25,35 +24,13 @@ def dialect_insert(model):
 
 
 # A job's founder never changes once stored, so each app remembers the owners it has read
-# (committed rows only): most writes to a known job then skip the ownership queries. Per app,
-# not per process: one process may serve several databases (the tests run SQLite and
-# PostgreSQL apps side by side), and an owner read from one must never answer for another.
+# (committed rows only): most writes to a known job then skip the ownership queries.
 _KNOWN_OWNERS_MAX = 50_000
 
 
-def _known_owners() -> LRUCache:
+def _known_owners() -> LockedCache:
     """This app's remembered owners (bounded: the least recently used are forgotten)."""
-    owners = current_app.extensions.get("console_known_job_owners")
-    if owners is None:
-        owners = current_app.extensions.setdefault("console_known_job_owners", _LockedCache(_KNOWN_OWNERS_MAX))
-    return owners
-
-
-class _LockedCache(LRUCache):
-    """An LRUCache safe to share between threads through get() and item assignment, the two
-    ways it is used (cachetools' caches are not thread-safe by themselves)."""
-
-    def __init__(self, maxsize: int):
-        super().__init__(maxsize)
-        self._lock = threading.Lock()
-
-    def get(self, key, default=None):
-        with self._lock:
-            return super().get(key, default)
-
-    def __setitem__(self, key, value):
-        with self._lock:
-            super().__setitem__(key, value)
+    return app_cache("console_known_job_owners", lambda: LRUCache(maxsize=_KNOWN_OWNERS_MAX))
 
 
 def _read_owner(job_id: str) -> str | None:
