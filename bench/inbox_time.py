@@ -1,13 +1,16 @@
-"""Server time of the console inbox with 50 pending cards (issue 3), in-process.
+"""Server time and size of the console inbox with many pending questions (issue 15), in-process.
 
-    .venv/bin/python bench/inbox_time.py [--database sqlite|postgresql] [--requests 100]
+    .venv/bin/python bench/inbox_time.py [--database sqlite|postgresql] [--cards 50 200] [--requests 100]
 
-Renders GET / through Flask's test client (no HTTP server, no network), so the figure is
-the app's own time per page: the queries, 50 card partials and the response.
+Renders GET / (the full cards) and GET /?view=compact (one line per question) through Flask's
+test client: no HTTP server, no network, so each figure is the app's own time per page (its
+queries, the card partials, the response). The questions are spread over 3 projects and 5 jobs,
+each with three options, three attempts and a two-sentence problem, like a real agent's.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import secrets
 import statistics
@@ -16,6 +19,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import jwt
 import psycopg
@@ -25,15 +29,24 @@ from console import create_app  # noqa: E402
 from console.extensions import db  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+FOUNDER = "founder-inbox"
+OPTIONS = [{"value": "skip_feature", "label": "Skip this feature", "description": "Leave it out for now"},
+           {"value": "simpler_version", "label": "Build a simpler version",
+            "description": "Without the part that fails", "recommended": True},
+           {"value": "provide_guidance", "label": "I'll tell you what to do", "description": "Write it"}]
+PROBLEMS = ["I can't take card payments yet: the checkout page needs a Stripe key.",
+            "The sign-up e-mail bounces: the mail provider refuses our sender address.",
+            "The image upload fails for files over 5 MB: the storage bucket rejects them.",
+            "The nightly import stops halfway: the supplier's CSV has a column I don't know.",
+            "Search returns nothing for accented names: the index strips the accents."]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="postgresql")
-    parser.add_argument("--requests", type=int, default=100)
-    args = parser.parse_args()
+@contextlib.contextmanager
+def inbox_app(database: str, cards: int) -> Iterator[tuple]:
+    """A migrated app on a fresh database with `cards` pending questions of FOUNDER, and a
+    signed-in test client. Yields (app, client, founder_jwt)."""
     name = f"inbox_time_{uuid.uuid4().hex[:8]}"
-    if args.database == "sqlite":
+    if database == "sqlite":
         url = f"sqlite:///{tempfile.mkdtemp()}/inbox.db"
     else:
         with psycopg.connect(SERVER, autocommit=True) as conn:
@@ -48,42 +61,56 @@ def main() -> int:
         with app.app_context():
             flask_migrate.upgrade()
         client = app.test_client()
-        options = [{"value": "skip_feature", "label": "Skip this feature", "description": "Leave it out for now"},
-                   {"value": "simpler_version", "label": "Build a simpler version", "description": "Without the part "
-                    "that fails", "recommended": True},
-                   {"value": "provide_guidance", "label": "I'll tell you what to do", "description": "Write it"}]
-        for i in range(50):
+        for i in range(cards):
             resp = client.post(f"/api/jobs/job-{i % 5}/escalations", headers={"Authorization": f"Bearer {agent}"}, json={
-                "session_id": "s", "project_id": f"proj-{i % 3}", "founder_id": "founder-inbox",
+                "session_id": "s", "project_id": f"proj-{i % 3}", "founder_id": FOUNDER,
                 "error_type": "StripeAuthenticationError", "error_signature": f"sig-{i}",
-                "plain_english_problem": "I can't take card payments yet: the checkout page needs a Stripe key. " * 2,
+                "plain_english_problem": f"{PROBLEMS[i % 5]} I tried the usual fixes; none of them worked here.",
                 "attempts_summary": ["Looked for the key in settings", "Tried test mode", "Checked other providers"],
-                "recommended_action": "Add your Stripe key so I can finish checkout.", "options": options})
+                "recommended_action": "Add your Stripe key so I can finish checkout.", "options": OPTIONS})
             assert resp.status_code == 201, resp.get_data(as_text=True)
+        token = jwt.encode({"sub": FOUNDER, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
-        token = jwt.encode({"sub": "founder-inbox", "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
         assert client.post("/login", data={"csrf_token": csrf, "token": token}).status_code == 303
-        page = client.get("/").get_data(as_text=True)
-        assert page.count('data-status="pending"') == 50, "expected 50 pending cards"
-        for _ in range(10):  # warm-up: templates compiled, connections pooled
-            client.get("/")
-        wall, cpu = [], []
-        for _ in range(args.requests):
-            t, c = time.perf_counter(), time.process_time()
-            client.get("/")
-            wall.append((time.perf_counter() - t) * 1000)
-            cpu.append((time.process_time() - c) * 1000)
-        wall.sort()
-        print(f"inbox with 50 pending cards on {args.database}, {args.requests} requests, {len(page) // 1024} KiB: "
-              f"p50 {statistics.median(wall):.1f} ms, p90 {wall[int(len(wall) * 0.9)]:.1f} ms, "
-              f"mean CPU {statistics.mean(cpu):.1f} ms")
+        yield app, client, token
     finally:
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
-        if args.database == "postgresql":
+        if database == "postgresql":
             with psycopg.connect(SERVER, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def measure(client, path: str, requests: int) -> dict:
+    page = client.get(path).get_data()
+    for _ in range(10):  # warm-up: templates compiled, connections pooled
+        client.get(path)
+    wall, cpu = [], []
+    for _ in range(requests):
+        t, c = time.perf_counter(), time.process_time()
+        client.get(path)
+        wall.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.process_time() - c) * 1000)
+    wall.sort()
+    return {"bytes": len(page), "p50": statistics.median(wall), "p90": wall[int(len(wall) * 0.9)],
+            "cpu": statistics.mean(cpu), "pending": page.count(b'data-status="pending"')}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="postgresql")
+    parser.add_argument("--cards", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--requests", type=int, default=100)
+    args = parser.parse_args()
+    print(f"| pending | view | page size | p50 | p90 | mean CPU |  ({args.database}, {args.requests} requests each)")
+    print("|---|---|---|---|---|---|")
+    for cards in args.cards:
+        with inbox_app(args.database, cards) as (_app, client, _token):
+            for view, path in (("full", "/"), ("compact", "/?view=compact")):
+                m = measure(client, path, args.requests)
+                print(f"| {cards} ({m['pending']} on the page) | {view} | {m['bytes'] / 1024:.0f} KiB | "
+                      f"{m['p50']:.1f} ms | {m['p90']:.1f} ms | {m['cpu']:.1f} ms |")
     return 0
 
 
