@@ -102,9 +102,9 @@ def read_rows(statement: Executable, params: Mapping[str, Any] | None = None) ->
     than the query (bench/README.md, "What closed the gap")."""
     sessions = db.session.registry  # look without creating the request's Session
     if sessions.has() and sessions().in_transaction():
-        return list(sessions().execute(statement, params))
+        return sessions().execute(statement, params).all()
     with db.engine.connect() as connection:
-        return list(connection.execute(statement, params))
+        return connection.execute(statement, params).all()  # one fetchall, not a fetchone per row
 
 
 def fetch_one(statement: TextClause, params: Mapping[str, Any]) -> tuple | None:

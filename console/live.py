@@ -6,9 +6,11 @@ pending count refreshed. Every piece is rendered by the same partials as the pag
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from flask import g, has_request_context, render_template, session
+from flask import g, has_request_context, render_template, session, url_for
 
 from .auth import Principal
 from .events import SSEEventType, event_envelope
@@ -18,29 +20,97 @@ from .services import memory
 LIVE_EVENT = "update"  # the SSE event name the console listens for
 
 
-def console_frame(founder_id: str, event, *, page: str) -> str:
+def console_frame(founder_id: str, event, *, page: str, in_project: str | None = None, in_job: str | None = None,
+                  view: str = "full") -> str:
+    """One stored event as the SSE frame of a console page. On the inbox, `in_project` and
+    `in_job` are its filters (a question outside them changes nothing there) and `view`
+    its view (whole cards or one line each)."""
     g.console_founder_id = founder_id  # whose rules the card shows (a frame has no request)
     envelope = event_envelope(event)
     parts: list[str] = []
     escalation_id = envelope.get("escalation_id")
     if event.type in (SSEEventType.AGENT_WAITING_FOR_INPUT, SSEEventType.AGENT_ESCALATION_RESOLVED) and escalation_id:
         escalation = escalation_service.find_escalation(escalation_id, Principal("founder", founder_id))
-        if escalation is not None:
+        if escalation is not None and (page == "job" or in_scope(escalation, in_project, in_job)):
+            card = "escalations/_summary.html" if page == "inbox" and view == "compact" else "escalations/_card.html"
             if event.type == SSEEventType.AGENT_WAITING_FOR_INPUT:
                 # A rule may have answered it in the same breath: in the inbox it then belongs
                 # with the decided cards (the job page lists all its cards together).
                 target = "decided-cards" if page == "inbox" and escalation.status != "pending" else "pending-cards"
-                parts.append(render_template("live/_new_card.html", escalation=escalation, target=target))
+                parts.append(render_template("live/_new_card.html", escalation=escalation, target=target, card=card))
             else:
-                parts.append(render_template("escalations/_card.html", escalation=escalation, oob=True))
-            job_id = event.job_id if page == "job" else None  # the job page counts the job's questions
-            parts.append(render_template("live/_pending_count.html",
-                                         pending_count=escalation_service.count_pending(founder_id, job_id)))
+                parts.append(render_template(card, escalation=escalation, oob=True))
+            if page == "job":  # the job page counts the job's questions
+                pending_count = escalation_service.count_pending(founder_id, event.job_id)
+            else:
+                pending_count = escalation_service.count_pending(founder_id, in_job, in_project)
+            parts.append(render_template("live/_pending_count.html", pending_count=pending_count))
     if page == "job":
         parts.append(render_template("live/_timeline_item.html", event=envelope))
     html = "\n".join(parts) or "<template></template>"
     data = "".join(f"data: {line}\n" for line in html.splitlines())
     return f"id: {event.id}\nevent: {LIVE_EVENT}\n{data}\n"
+
+
+def in_scope(escalation: Any, project_id: str | None, job_id: str | None) -> bool:
+    return (project_id is None or escalation.project_id == project_id) and (job_id is None or escalation.job_id == job_id)
+
+
+# --- the inbox's filters ---------------------------------------------------------------------------
+
+MAX_JOB_LINKS = 12  # the jobs with the most waiting questions; the others are counted
+
+
+@dataclass(frozen=True)
+class FilterLink:
+    label: str
+    pending: int
+    href: str
+    current: bool
+
+
+@dataclass(frozen=True)
+class InboxFilters:
+    """What the inbox's filter bar shows: a link per project and per job with its number of
+    waiting questions (the jobs of the chosen project, or all), and the two views."""
+
+    project: str | None
+    job: str | None
+    view: str
+    projects: list[FilterLink]
+    jobs: list[FilterLink]
+    more_jobs: int
+    pending_in_scope: int
+
+    @classmethod
+    def of(cls, scopes: list, project: str | None, job: str | None, view: str) -> InboxFilters:
+        by_project: Counter[str] = Counter()
+        by_job: Counter[str] = Counter()
+        for scope in scopes:
+            by_project[scope.project_id] += scope.pending
+            if project is None or scope.project_id == project:
+                by_job[scope.job_id] += scope.pending
+        for chosen, counts in ((project, by_project), (job, by_job)):
+            if chosen is not None and chosen not in counts:
+                counts[chosen] = 0  # a filter with nothing left waiting stays shown, and chosen
+        projects = [FilterLink("All projects", sum(by_project.values()), inbox_url(None, None), project is None)]
+        projects += [FilterLink(name, count, inbox_url(name, None), name == project)
+                     for name, count in sorted(by_project.items(), key=lambda item: (-item[1], item[0]))]
+        ranked = sorted(by_job.items(), key=lambda item: (item[0] != job, -item[1], item[0]))
+        jobs = [FilterLink("All jobs", sum(by_job.values()), inbox_url(project, None), job is None)]
+        jobs += [FilterLink(name, count, inbox_url(project, name), name == job) for name, count in ranked[:MAX_JOB_LINKS]]
+        pending = sum(scope.pending for scope in scopes if in_scope(scope, project, job))
+        return cls(project, job, view, projects, jobs, max(0, len(ranked) - MAX_JOB_LINKS), pending)
+
+    def view_href(self, view: str) -> str:
+        return inbox_url(self.project, self.job, view=view)
+
+    def live_href(self, after: int) -> str:
+        return url_for("pages.inbox_live", after=after, project=self.project, job=self.job, view=self.view)
+
+
+def inbox_url(project: str | None, job: str | None, **more: str) -> str:
+    return url_for("pages.inbox", project=project, job=job, **more)
 
 
 # --- presentation helpers (Jinja filters) --------------------------------------------------------

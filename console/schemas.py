@@ -320,6 +320,20 @@ class InboxQuery(BaseModel):
     cursor: Annotated[str, StringConstraints(max_length=500)] | None = None
 
 
+class InboxPageQuery(BaseModel):
+    """The console inbox's query string: `/?project=&job=&view=compact&cursor=`."""
+
+    project: Id | None = None
+    job: Id | None = None
+    view: Literal["full", "compact"] | None = None
+    cursor: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+    @field_validator("project", "job", "cursor", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:  # a form's "All" leaves them empty
+        return None if value == "" else value
+
+
 class EventsQuery(BaseModel):
     after: int = Field(0, ge=0, le=2**63 - 1)
     limit: int = Field(100, ge=1, le=500)

@@ -9,20 +9,21 @@ import functools
 from typing import Callable
 
 from flask import (
-    Blueprint, Response, current_app, redirect, render_template, request, stream_with_context, url_for,
+    Blueprint, Response, current_app, redirect, render_template, request, session, stream_with_context, url_for,
 )
 
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token_until
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..events import event_envelope, latest_visible_event_id
 from ..live import (
-    clock_time, console_frame, day_month, describe_event, duration, founder_rule, rule_not_applied,
+    InboxFilters, clock_time, console_frame, day_month, describe_event, duration, founder_rule, rule_not_applied,
     time_ago, time_until,
 )
 from ..models import VIA_CONSOLE, escalation_option
+from ..paths import path_to
 from ..realtime import founder_event_stream, job_event_stream
 from ..routes.stream import resume_point, sse_response
-from ..schemas import ResolveRequest, parse
+from ..schemas import InboxPageQuery, ResolveRequest, parse
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
 from ..services import login_links
@@ -33,6 +34,7 @@ from ..services.notifications import notification_timezones, settings_form_docum
 bp = Blueprint("pages", __name__)
 
 INBOX_PAGE_SIZE = 100
+INBOX_VIEW_KEY = "inbox_view"
 RECENTLY_DECIDED = 20
 TIMELINE_LENGTH = 200
 
@@ -122,13 +124,29 @@ def logout():
 @bp.get("/")
 @login_required
 def inbox():
+    """The founder's pending questions, newest first, then the recently decided ones.
+    `?project=` and `?job=` narrow both lists; `?view=compact` shows one line per question
+    (each opens in place) and `?view=full` the whole cards; the choice is remembered."""
     founder_id = current_founder_id()
+    params = parse(InboxPageQuery, request.args.to_dict())
+    view = remember_inbox_view(params.view)
+    full = view == "full"
     live_after = latest_visible_event_id()  # before the reads: nothing committed after them is missed
     pending, next_cursor = escalation_service.list_founder_escalations(
-        founder_id, status="pending", limit=INBOX_PAGE_SIZE, cursor=request.args.get("cursor") or None)
-    decided = escalation_service.recently_decided(founder_id, RECENTLY_DECIDED)
-    return render_template("inbox.html", pending=pending, decided=decided, next_cursor=next_cursor,
-                           pending_count=escalation_service.count_pending(founder_id), live_after=live_after)
+        founder_id, status="pending", project_id=params.project, job_id=params.job, limit=INBOX_PAGE_SIZE,
+        cursor=params.cursor, with_memory=full)
+    decided = escalation_service.recently_decided(founder_id, RECENTLY_DECIDED, project_id=params.project,
+                                                  job_id=params.job, with_memory=full)
+    filters = InboxFilters.of(escalation_service.pending_by_scope(founder_id), params.project, params.job, view)
+    return render_template("inbox.html", pending=pending, decided=decided, next_cursor=next_cursor, view=view,
+                           filters=filters, pending_count=filters.pending_in_scope, live_after=live_after)
+
+
+def remember_inbox_view(asked: str | None) -> str:
+    """The inbox view the founder asked for, kept in the session; else the last one they chose."""
+    if asked is not None and session.get(INBOX_VIEW_KEY) != asked:
+        session[INBOX_VIEW_KEY] = asked
+    return asked or session.get(INBOX_VIEW_KEY) or "full"
 
 
 @bp.get("/jobs/<job_id>")
@@ -242,7 +260,9 @@ def _card_response(escalation, status: int, **card):
 @login_required
 def inbox_live() -> Response:
     founder_id = current_founder_id()
-    render = functools.partial(console_frame, founder_id, page="inbox")
+    params = parse(InboxPageQuery, request.args.to_dict())
+    render = functools.partial(console_frame, founder_id, page="inbox", in_project=params.project,
+                               in_job=params.job, view=params.view or "full")
     frames = founder_event_stream(current_app._get_current_object(), founder_id, resume_point(), render)
     return sse_response(stream_with_context(frames))
 
@@ -263,6 +283,7 @@ bp.add_app_template_filter(duration, "duration")
 bp.add_app_template_filter(clock_time, "clock_time")
 bp.add_app_template_filter(describe_event, "describe_event")
 bp.add_app_template_global(escalation_option, "escalation_option")
+bp.add_app_template_global(path_to, "path_to")
 bp.add_app_template_global(event_envelope, "event_envelope")
 bp.add_app_template_global(memory_service.previous_decision, "previous_decision")
 bp.add_app_template_global(rule_not_applied, "rule_not_applied")

@@ -19,6 +19,7 @@ import datetime as dt
 import functools
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
@@ -236,17 +237,17 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
 
 
 def list_founder_escalations(founder_id: str, *, status: str | None = None, project_id: str | None = None,
-                             job_id: str | None = None, limit: int = 50,
-                             cursor: str | None = None) -> tuple[list[Escalation], str | None]:
-    """The founder's escalations across jobs, newest first, a page at a time (keyset)."""
+                             job_id: str | None = None, limit: int = 50, cursor: str | None = None,
+                             with_memory: bool = True) -> tuple[list[Escalation], str | None]:
+    """The founder's escalations across jobs, newest first, a page at a time (keyset).
+    `with_memory=False` leaves out each row's previous decision (the inbox's compact rows
+    do not show it, and it is one correlated lookup per row)."""
     columns = ESCALATIONS.c
-    query = select(ESCALATIONS, memory.previous_decision_column()).where(columns.founder_id == founder_id)
+    selected = (ESCALATIONS, memory.previous_decision_column()) if with_memory else (ESCALATIONS,)
+    query = select(*selected).where(columns.founder_id == founder_id)
     if status:
         query = query.where(columns.status == status)
-    if project_id:
-        query = query.where(columns.project_id == project_id)
-    if job_id:
-        query = query.where(columns.job_id == job_id)
+    query = _in_scope(query, project_id, job_id)
     if cursor:
         created_at, escalation_id = decode_cursor(cursor)
         query = query.where(tuple_(columns.created_at, columns.id) < tuple_(created_at, escalation_id))
@@ -257,22 +258,50 @@ def list_founder_escalations(founder_id: str, *, status: str | None = None, proj
     return rows, None
 
 
-def recently_decided(founder_id: str, limit: int) -> list[Escalation]:
+def recently_decided(founder_id: str, limit: int, *, project_id: str | None = None, job_id: str | None = None,
+                     with_memory: bool = True) -> list[Escalation]:
     """The founder's settled escalations (resolved, skipped, expired), most recently settled first."""
     columns = ESCALATIONS.c
-    query = (select(ESCALATIONS, memory.previous_decision_column())
-             .where(columns.founder_id == founder_id, columns.status.in_([RESOLVED, SKIPPED, EXPIRED]))
-             .order_by(columns.resolved_at.desc(), columns.id.desc()).limit(limit))
-    return read_rows(query)
+    selected = (ESCALATIONS, memory.previous_decision_column()) if with_memory else (ESCALATIONS,)
+    query = _in_scope(select(*selected).where(columns.founder_id == founder_id,
+                                              columns.status.in_([RESOLVED, SKIPPED, EXPIRED])), project_id, job_id)
+    return read_rows(query.order_by(columns.resolved_at.desc(), columns.id.desc()).limit(limit))
 
 
-def count_pending(founder_id: str, job_id: str | None = None) -> int:
+def count_pending(founder_id: str, job_id: str | None = None, project_id: str | None = None) -> int:
     columns = ESCALATIONS.c
     query = select(func.count()).select_from(ESCALATIONS).where(
         columns.founder_id == founder_id, columns.status == PENDING)
-    if job_id is not None:
+    return read_rows(_in_scope(query, project_id, job_id))[0][0]
+
+
+@dataclass(frozen=True)
+class PendingScope:
+    """How many of the founder's questions wait in one project's job."""
+
+    project_id: str
+    job_id: str
+    pending: int
+
+
+def pending_by_scope(founder_id: str) -> list[PendingScope]:
+    """The founder's pending questions counted by project and job (the inbox's filters), most
+    first. One index range of the founder's pending rows."""
+    columns = ESCALATIONS.c
+    query = (select(columns.project_id, columns.job_id, func.count().label("pending"))
+             .where(columns.founder_id == founder_id, columns.status == PENDING)
+             .group_by(columns.project_id, columns.job_id))
+    scopes = [PendingScope(project_id, job_id, pending) for project_id, job_id, pending in read_rows(query)]
+    return sorted(scopes, key=lambda scope: (-scope.pending, scope.project_id, scope.job_id))
+
+
+def _in_scope(query, project_id: str | None, job_id: str | None):
+    columns = ESCALATIONS.c
+    if project_id:
+        query = query.where(columns.project_id == project_id)
+    if job_id:
         query = query.where(columns.job_id == job_id)
-    return read_rows(query)[0][0]
+    return query
 
 
 # --- resolve and skip ------------------------------------------------------------------------

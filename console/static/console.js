@@ -21,14 +21,18 @@
   });
   document.addEventListener("DOMContentLoaded", function () { syncAll(document); });
 
-  // After the resolve form swaps its card, put focus where the founder's eyes should go:
-  // the first error, else the notice, else the card itself.
+  // After the resolve form swaps its card (or a folded card opens in place), put focus where
+  // the founder's eyes should go: the first error, else the notice, else the card itself.
   document.addEventListener("htmx:afterSwap", function (event) {
     var target = event.detail && event.detail.target;
     if (!target || !target.id || target.id.indexOf("escalation-") !== 0) return;
     var card = document.getElementById(target.id);
     if (!card) return;
     syncAll(card);
+    // A card refreshed by the page itself (a live update of a card opened in place) leaves the
+    // focus where the founder has it; a card opened or sent from within takes it.
+    var source = event.detail.requestConfig && event.detail.requestConfig.elt;
+    if (source === target) return;
     var invalid = card.querySelector('[aria-invalid="true"]');
     var focusable = invalid && (invalid.matches("fieldset") ? invalid.querySelector("input") : invalid);
     (focusable || card.querySelector(".notice") || card).focus();
@@ -79,12 +83,23 @@
       detail.shouldSwap = false;
       return;
     }
-    if (!target.querySelector(".notice")) return;
     var fragment = detail.fragment;
     var incoming = fragment && (fragment.id === target.id ? fragment
       : fragment.querySelector && fragment.querySelector('[id="' + target.id + '"]'));
-    if (incoming && incoming.getAttribute("data-status") === target.getAttribute("data-status")) {
+    if (!incoming) return;
+    var sameStatus = incoming.getAttribute("data-status") === target.getAttribute("data-status");
+    if (target.querySelector(".notice") && sameStatus) {
       detail.shouldSwap = false;
+      return;
+    }
+    // In the one-line view a card the founder opened stays open: fetch it whole instead of
+    // folding it back to the incoming line.
+    if (incoming.getAttribute("data-view") === "compact" && target.getAttribute("data-view") !== "compact") {
+      detail.shouldSwap = false;
+      var opener = incoming.querySelector("a[data-opens-card]");
+      if (opener && window.htmx) {
+        htmx.ajax("GET", opener.getAttribute("hx-get"), {target: target, swap: "outerHTML"});
+      }
     }
   });
   document.addEventListener("htmx:oobAfterSwap", function () {
@@ -104,6 +119,37 @@
     syncAll(document);
   });
 
+  // Moving through many questions from the keyboard: j the next card, k the previous one,
+  // o (or Enter on a folded card) opens it: a folded card unfolds in place, an open one
+  // puts the focus on its first choice. Never while typing, never with a modifier key.
+  function cardsInOrder() {
+    return Array.prototype.slice.call(document.querySelectorAll("[data-keyboard-cards] > article.card"));
+  }
+  function openCard(card) {
+    var opener = card.querySelector("a[data-opens-card]");
+    if (opener) { opener.click(); return; }
+    var first = card.querySelector("form.decide input:not([type=hidden]), form.decide textarea");
+    if (first) first.focus();
+  }
+  document.addEventListener("keydown", function (event) {
+    if (event.defaultPrevented || event.altKey || event.ctrlKey || event.metaKey) return;
+    var typing = event.target.closest && event.target.closest("input, textarea, select, [contenteditable]");
+    if (typing) return;
+    var cards = cardsInOrder();
+    if (!cards.length) return;
+    var current = event.target.closest && event.target.closest("article.card");
+    var index = cards.indexOf(current);
+    if (event.key === "j" || event.key === "k") {
+      var next = event.key === "j" ? (index < 0 ? 0 : Math.min(index + 1, cards.length - 1))
+                                   : (index < 0 ? 0 : Math.max(index - 1, 0));
+      event.preventDefault();
+      cards[next].focus({preventScroll: true});
+      cards[next].scrollIntoView({block: "nearest"});
+    } else if ((event.key === "o" || (event.key === "Enter" && event.target === current)) && current) {
+      event.preventDefault();
+      openCard(current);
+    }
+  });
   // Resume a dropped stream where it stopped, not where the page began.
   document.addEventListener("htmx:sseMessage", function (event) {
     var id = event.detail && event.detail.lastEventId;
