@@ -77,6 +77,13 @@ def test_axe_finds_nothing_on_any_page_or_state(axe_page, console: Console):  # 
     other.locator(".notice").wait_for()
     assert_clean(page, "the 409 notice (already decided)")
 
+    page.goto(f"/?project={console.project_id}&view=compact")
+    assert_clean(page, "inbox, one line each, filtered by project")
+    card(page, third).get_by_role("link").click()
+    card(page, third).locator("form.decide").wait_for()
+    assert_clean(page, "a card opened in place in the one-line view")
+    page.goto("/?view=full")
+
     page.goto(f"/jobs/{console.job_id}")
     assert_clean(page, "job page with cards and timeline")
     page.goto(f"/escalations/{third['id']}")

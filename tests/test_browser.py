@@ -695,3 +695,122 @@ def test_the_live_update_of_the_founders_own_decision_keeps_the_notice_and_focus
     page.wait_for_timeout(1500)  # and any late frame too
     expect(the_card.locator(".notice")).to_be_visible()
     assert focus_is_inside(page, f"escalation-{escalation['id']}")
+
+
+# --- many questions: filters, one line each, the keys (issue 15) ---------------------------------------
+
+def focused_card_id(page: Page) -> str | None:
+    return page.evaluate("() => { const card = document.activeElement && document.activeElement.closest('article');"
+                         " return card ? card.id : null; }")
+
+
+def test_the_filters_narrow_the_inbox_to_a_project_and_a_job(page, console):
+    shop = [console.escalate(project_id="bakery-shop", job_id=f"{console.job_id}-a") for _ in range(2)]
+    blog = console.escalate(project_id="bakery-blog", job_id=f"{console.job_id}-b")
+    other_job = console.escalate(project_id="bakery-shop", job_id=f"{console.job_id}-c")
+    console.sign_in(page)
+    expect(page.locator("#pending-cards > article")).to_have_count(4)
+
+    page.get_by_role("link", name=re.compile(r"^bakery-blog 1$")).click()
+    expect(page).to_have_url(re.compile(r"\?project=bakery-blog$"))
+    expect(page.locator("#pending-cards > article")).to_have_count(1)
+    expect(card(page, blog)).to_be_visible()
+    expect(page).to_have_title(re.compile(r"^\(1\) Inbox: bakery-blog"))
+
+    page.get_by_role("link", name=re.compile(r"^bakery-shop 3$")).click()
+    page.get_by_role("link", name=re.compile(rf"^{console.job_id}-a 2$")).click()
+    expect(page.locator("#pending-cards > article")).to_have_count(2)
+    for escalation in shop:
+        expect(card(page, escalation)).to_be_visible()
+    expect(card(page, other_job)).to_have_count(0)
+    expect(page.locator("#pending-count")).to_have_text(re.compile(r"^\s*2\b"))
+
+    # A question of another job arrives while the filter is on: it is not shown, nor counted.
+    console.escalate(project_id="bakery-shop", job_id=f"{console.job_id}-c")
+    newcomer = console.escalate(project_id="bakery-shop", job_id=f"{console.job_id}-a")
+    expect(card(page, newcomer)).to_be_visible()
+    expect(page.locator("#pending-cards > article")).to_have_count(3)
+    expect(page.locator("#pending-count")).to_have_text(re.compile(r"^\s*3\b"))
+
+
+def test_one_line_each_opens_a_card_in_place_and_sends_from_it(page, console):
+    older = console.escalate()
+    newer = console.escalate(plain_english_problem="The newsletter signup form cannot reach the mail provider.")
+    console.sign_in(page)
+    page.get_by_role("link", name="One line each").click()
+    expect(page.locator("#pending-cards > article[data-view=compact]")).to_have_count(2)
+    expect(page.locator("#pending-cards form")).to_have_count(0)
+    page.evaluate("window.__marker = 1")
+
+    card(page, older).get_by_role("link").click()  # its title
+    the_card = card(page, older)
+    expect(the_card.locator("form.decide")).to_be_visible()
+    expect(card(page, newer)).to_have_attribute("data-view", "compact")  # the other stays one line
+    assert focus_is_inside(page, f"escalation-{older['id']}")
+
+    option_label(the_card, "Skip this feature").click()
+    submit(the_card).click()
+    expect(the_card.locator(".notice")).to_contain_text("Sent. The agent has your answer.")
+    page.wait_for_timeout(1500)  # the live frame of this decision (a one-line card) comes and goes
+    expect(the_card.locator(".notice")).to_be_visible()
+    expect(the_card.locator(".decision__choice")).to_have_text("Skip this feature")
+    assert page.evaluate("window.__marker") == 1, "the page was reloaded"
+
+    page.reload()  # the view is remembered
+    expect(card(page, newer)).to_have_attribute("data-view", "compact")
+    expect(card(page, older)).to_have_attribute("data-view", "compact")  # decided, one line in the list too
+
+
+def test_a_card_opened_in_place_stays_open_when_it_is_decided_elsewhere(page, console):
+    escalation = console.escalate()
+    console.sign_in(page)
+    page.goto("/?view=compact")
+    page.wait_for_load_state("load")
+    card(page, escalation).get_by_role("link").click()
+    expect(card(page, escalation).locator("form.decide")).to_be_visible()
+
+    console.resolve(escalation["id"], "skip_feature")  # another tab, the API
+    expect(card(page, escalation)).to_have_attribute("data-status", "resolved")
+    expect(card(page, escalation).locator(".decision__choice")).to_have_text("Skip this feature")
+
+
+def test_the_keys_move_between_questions_and_open_them(page, console):
+    escalations = [console.escalate() for _ in range(3)]
+    newest_first = [f"escalation-{e['id']}" for e in reversed(escalations)]
+    console.sign_in(page)
+    page.goto("/?view=compact")
+    page.wait_for_load_state("load")
+    expect(page.get_by_text("Keys:")).to_be_visible()
+
+    page.keyboard.press("j")
+    assert focused_card_id(page) == newest_first[0]
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    page.keyboard.press("j")  # stays on the last
+    assert focused_card_id(page) == newest_first[2]
+    page.keyboard.press("k")
+    assert focused_card_id(page) == newest_first[1]
+    assert page.evaluate("() => document.activeElement.matches(':focus-visible')")
+
+    page.keyboard.press("o")  # opens it in place, focus on the card
+    opened = page.locator(f"#{newest_first[1]}")
+    expect(opened.locator("form.decide")).to_be_visible()
+    assert focused_card_id(page) == newest_first[1]
+    page.keyboard.press("o")  # in an open card: the first choice
+    assert page.evaluate("() => document.activeElement.name") == "decision"
+    page.keyboard.press("j")  # on a form field the keys are the field's
+    assert page.evaluate("() => document.activeElement.name") == "decision"
+    page.locator(f"#{newest_first[1]} textarea").focus()
+    page.keyboard.type("jk")
+    expect(page.locator(f"#{newest_first[1]} textarea")).to_have_value("jk")
+    assert focused_card_id(page) == newest_first[1]
+
+
+def test_a_new_question_arrives_as_one_line_in_the_one_line_view(page, console):
+    console.sign_in(page)
+    page.goto("/?view=compact")
+    page.wait_for_load_state("load")
+    escalation = console.escalate()
+    expect(card(page, escalation)).to_have_attribute("data-view", "compact")
+    expect(page.locator("#pending-count")).to_have_text(re.compile(r"^\s*1\b"))
+    expect(page).to_have_title(re.compile(r"^\(1\) Inbox"))

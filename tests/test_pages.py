@@ -367,3 +367,102 @@ def test_the_inbox_title_counts_the_waiting_questions_and_headings_never_skip_a_
 def test_the_favicon_is_served_where_browsers_ask_for_it(client):
     resp = client.get("/favicon.ico")
     assert resp.status_code == 200 and resp.mimetype == "image/svg+xml" and b"<svg" in resp.data
+
+
+# --- an inbox for many questions (issue 15) -------------------------------------------------------------
+
+def pending_ids(html: str) -> list[str]:
+    pending = html[html.index('id="pending-cards"'):html.index("Recently decided")]
+    return re.findall(r'<article id="escalation-([0-9a-f-]+)"', pending)
+
+
+def test_the_inbox_filters_by_project_and_by_job(console, client, founder, make_escalation, ids):
+    shop_a = make_escalation(job_id="job-a", project_id="shop")
+    shop_b = make_escalation(job_id="job-b", project_id="shop")
+    blog_a = make_escalation(job_id="job-a2", project_id="blog")
+    decided = make_escalation(job_id="job-b", project_id="shop")
+    client.post(f"/api/escalations/{decided['id']}/resolve", json={"decision": "skip_feature"}, headers=founder())
+    browser = console()
+
+    everything = browser.get("/").get_data(as_text=True)
+    assert set(pending_ids(everything)) == {shop_a["id"], shop_b["id"], blog_a["id"]}
+    assert re.search(r'href="/\?project=shop">shop <span class="chip__count">2</span>', everything)
+    assert re.search(r'href="/\?project=blog">blog <span class="chip__count">1</span>', everything)
+
+    shop = browser.get("/?project=shop").get_data(as_text=True)
+    assert set(pending_ids(shop)) == {shop_a["id"], shop_b["id"]}
+    assert "<title>(2) Inbox: shop · Console</title>" in shop
+    assert re.search(r'id="pending-count"[^>]*>2<', shop)
+    assert f'escalation-{decided["id"]}' in shop  # the recently decided ones are filtered alike
+    assert "job-a2" not in shop  # the job filters are the chosen project's jobs
+    assert 'href="/?project=shop&amp;job=job-b"' in shop
+    assert 'sse-connect="/live?after=' in shop and "project=shop" in shop  # the live stream keeps to it
+
+    job_b = browser.get("/?project=shop&job=job-b").get_data(as_text=True)
+    assert pending_ids(job_b) == [shop_b["id"]]
+    assert re.search(r'aria-current="true">job-b <span class="chip__count">1</span>', job_b)
+
+    client.post(f"/api/escalations/{shop_b['id']}/resolve", json={"decision": "skip_feature"}, headers=founder())
+    emptied = browser.get("/?job=job-b").get_data(as_text=True)
+    assert pending_ids(emptied) == [] and "Nothing waits for you in job-b" in emptied
+    assert re.search(r'aria-current="true">job-b <span class="chip__count">0</span>', emptied)  # still shown
+
+    other = console(ids.new("founder"))
+    assert pending_ids(other.get("/?project=shop").get_data(as_text=True)) == []  # only one's own
+
+
+def test_one_line_each_shows_no_forms_and_is_remembered(console, make_escalation):
+    first, second = make_escalation(), make_escalation()
+    browser = console()
+    compact = browser.get("/?view=compact").get_data(as_text=True)
+    assert set(pending_ids(compact)) == {first["id"], second["id"]}
+    assert 'data-view="compact"' in compact and "<form method=\"post\" action=\"/escalations/" not in compact
+    assert f'hx-get="/escalations/{first["id"]}/card"' in compact  # opens in place
+    assert f'href="/escalations/{first["id"]}"' in compact  # and without JavaScript, its page
+    assert "view=compact" in compact.split('sse-connect="', 1)[1].split('"', 1)[0]
+
+    assert 'data-view="compact"' in browser.get("/").get_data(as_text=True)  # remembered
+    full = browser.get("/?view=full").get_data(as_text=True)
+    assert 'data-view="compact"' not in full and full.count('class="decide"') == 2
+    assert 'data-view="compact"' not in browser.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("query, field", [("view=cards", "view"), ("project=" + "p" * 256, "project"),
+                                          ("job=a%00b", "job"), ("cursor=" + "c" * 501, "cursor")])
+def test_a_bad_inbox_query_says_what_to_fix(console, query, field):
+    resp = console().get(f"/?{query}")
+    assert resp.status_code == 422
+    assert f"{field}:" in resp.get_data(as_text=True)
+
+
+def test_older_questions_keep_the_filter(app, console, make_escalation, monkeypatch):
+    import console.routes.pages as pages
+
+    monkeypatch.setattr(pages, "INBOX_PAGE_SIZE", 2)
+    made = [make_escalation(job_id="job-many", project_id="many") for _ in range(3)]
+    make_escalation(job_id="job-other", project_id="other")
+    browser = console()
+    first = browser.get("/?project=many").get_data(as_text=True)
+    assert pending_ids(first) == [made[2]["id"], made[1]["id"]]
+    older = re.search(r'href="(/\?cursor=[^"]+)"', first).group(1).replace("&amp;", "&")
+    assert "project=many" in older
+    assert pending_ids(browser.get(older).get_data(as_text=True)) == [made[0]["id"]]
+
+
+def test_live_frames_keep_to_the_inbox_filter_and_view(app, make_escalation, ids):
+    from console.extensions import db
+    from console.live import console_frame
+    from console.models import JobEvent
+
+    esc = make_escalation(project_id="shop")
+    with app.test_request_context():
+        event = db.session.query(JobEvent).filter_by(job_id=ids.job_id).order_by(JobEvent.id).first()
+        in_scope = console_frame(ids.founder_id, event, page="inbox", in_project="shop", view="compact")
+        out_of_scope = console_frame(ids.founder_id, event, page="inbox", in_project="blog")
+        other_job = console_frame(ids.founder_id, event, page="inbox", in_job="another-job")
+        whole = console_frame(ids.founder_id, event, page="inbox", in_job=ids.job_id)
+    assert f"escalation-{esc['id']}" in in_scope and 'data-view="compact"' in in_scope
+    assert 'class="decide"' not in in_scope
+    assert esc["id"] not in out_of_scope and "pending-count" not in out_of_scope
+    assert esc["id"] not in other_job
+    assert 'class="decide"' in whole and re.search(r'id="pending-count"[^>]*>1<', whole.replace("data: ", ""))
