@@ -8,7 +8,12 @@ from sqlalchemy import text
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    app = Flask(__name__, instance_relative_config=True)
+    # CONSOLE_INSTANCE_PATH: the instance folder elsewhere than beside the package (a
+    # container whose code is read-only mounts a writable volume there).
+    instance_path = os.environ.get("CONSOLE_INSTANCE_PATH") or None
+    if instance_path is not None and not os.path.isabs(instance_path):
+        raise RuntimeError(f"CONSOLE_INSTANCE_PATH must be an absolute path, not {instance_path!r}.")
+    app = Flask(__name__, instance_relative_config=True, instance_path=instance_path)
     try:  # the embedded database and generated secrets live here; PostgreSQL with its secrets given needs none
         os.makedirs(app.instance_path, exist_ok=True)
     except OSError:

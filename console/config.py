@@ -176,7 +176,14 @@ def _settle_secrets(app: Flask, *, embedded: bool) -> None:
     wanted = [name for name in GENERATED_SECRETS if not (name == "JWT_SECRET" and identity_provider)]
     if embedded:
         if any(not config.get(name) for name in wanted):
-            generated = load_generated_secrets(app.instance_path)
+            try:
+                generated = load_generated_secrets(app.instance_path)
+            except OSError as error:  # a read-only or missing instance folder
+                missing = [f"CONSOLE_{name}" for name in wanted if not config.get(name)]
+                raise RuntimeError(
+                    f"Cannot keep generated secrets in {app.instance_path}/secrets.json ({error.strerror or error}). "
+                    f"Set {', '.join(missing)}, or CONSOLE_INSTANCE_PATH to a folder the console may write."
+                ) from error
             for name in wanted:
                 if not config.get(name):
                     config[name] = generated[name]
