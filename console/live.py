@@ -162,6 +162,18 @@ def day_month(when: dt.datetime | None) -> str:
     return f"{when.day} {when:%B}" + ("" if when.year == dt.datetime.now(dt.UTC).year else f" {when.year}")
 
 
+STATUS_WORDS = {"pending": "Waiting for you", "expired": "Expired: no decision", "skipped": "Withdrawn by the agent"}
+DECIDER_WORDS = {"expiry": "No answer: safe default applied", "rule": "Answered by your rule"}
+
+
+def status_words(escalation: Any) -> str:
+    """A card's status line: 'Waiting for you', 'Decided', 'Answered by your rule', …"""
+    status = escalation.status
+    if status == "resolved":
+        return DECIDER_WORDS.get(escalation.decided_by, "Decided")
+    return STATUS_WORDS.get(status, status)
+
+
 # --- decision memory on the card (SPEC §12) --------------------------------------------------------
 
 def _founder_rules(founder_id: str) -> dict[tuple[str, str], Any]:

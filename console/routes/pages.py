@@ -17,7 +17,7 @@ from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..events import event_envelope, latest_visible_event_id
 from ..live import (
     InboxFilters, clock_time, console_frame, day_month, describe_event, duration, founder_rule, rule_not_applied,
-    time_ago, time_until,
+    status_words, time_ago, time_until,
 )
 from ..models import VIA_CONSOLE, escalation_option
 from ..paths import path_to
@@ -284,6 +284,7 @@ bp.add_app_template_filter(clock_time, "clock_time")
 bp.add_app_template_filter(describe_event, "describe_event")
 bp.add_app_template_global(escalation_option, "escalation_option")
 bp.add_app_template_global(path_to, "path_to")
+bp.add_app_template_global(status_words, "status_words")
 bp.add_app_template_global(event_envelope, "event_envelope")
 bp.add_app_template_global(memory_service.previous_decision, "previous_decision")
 bp.add_app_template_global(rule_not_applied, "rule_not_applied")
