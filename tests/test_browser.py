@@ -360,7 +360,7 @@ def test_agent_markup_is_rendered_as_inert_text(page, console):
         error_type="<b>Boom</b>",
         options=[{"value": "x", "label": f"Label {XSS}", "description": XSS}])
     console.sign_in(page)
-    for path in ("/", f"/escalations/{escalation['id']}", f"/jobs/{console.job_id}"):
+    for path in ("/", "/?view=compact", "/?view=full", f"/escalations/{escalation['id']}", f"/jobs/{console.job_id}"):
         page.goto(path)
         the_card = card(page, escalation)
         expect(the_card).to_contain_text("<script>window.__xss=2</script>")
@@ -485,7 +485,7 @@ def test_a_narrow_screen_has_no_horizontal_scroll(new_context, console):
         attempts_summary=["Looked up /srv/app/config/settings/production/payments/stripe_settings.py" * 2])
     console.sign_in(page)
 
-    for path in ("/", f"/escalations/{escalation['id']}", f"/jobs/{console.job_id}"):
+    for path in ("/", "/?view=compact", "/?view=full", f"/escalations/{escalation['id']}", f"/jobs/{console.job_id}"):
         page.goto(path)
         expect(card(page, escalation)).to_be_visible()
         width = page.evaluate("document.documentElement.scrollWidth")
@@ -804,6 +804,19 @@ def test_the_keys_move_between_questions_and_open_them(page, console):
     page.keyboard.type("jk")
     expect(page.locator(f"#{newest_first[1]} textarea")).to_have_value("jk")
     assert focused_card_id(page) == newest_first[1]
+
+
+def test_the_keys_work_on_the_job_page_too(page, console):
+    first, second = console.escalate(), console.escalate()
+    console.sign_in(page)
+    page.goto(f"/jobs/{console.job_id}")
+    page.wait_for_load_state("load")
+    page.keyboard.press("j")
+    assert focused_card_id(page) == f"escalation-{second['id']}"
+    page.keyboard.press("j")
+    assert focused_card_id(page) == f"escalation-{first['id']}"
+    page.keyboard.press("o")
+    assert page.evaluate("() => document.activeElement.name") == "decision"
 
 
 def test_a_new_question_arrives_as_one_line_in_the_one_line_view(page, console):
