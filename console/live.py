@@ -25,6 +25,8 @@ def console_frame(founder_id: str, event, *, page: str, in_project: str | None =
     """One stored event as the SSE frame of a console page. On the inbox, `in_project` and
     `in_job` are its filters (a question outside them changes nothing there) and `view`
     its view (whole cards or one line each)."""
+    from .cards import render_card  # noqa: PLC0415  (cards uses this module's helpers)
+
     g.console_founder_id = founder_id  # whose rules the card shows (a frame has no request)
     envelope = event_envelope(event)
     parts: list[str] = []
@@ -39,7 +41,7 @@ def console_frame(founder_id: str, event, *, page: str, in_project: str | None =
                 target = "decided-cards" if page == "inbox" and escalation.status != "pending" else "pending-cards"
                 parts.append(render_template("live/_new_card.html", escalation=escalation, target=target, card=card))
             else:
-                parts.append(render_template(card, escalation=escalation, oob=True))
+                parts.append(render_card(escalation, card, oob=True))
             if page == "job":  # the job page counts the job's questions
                 pending_count = escalation_service.count_pending(founder_id, event.job_id)
             else:

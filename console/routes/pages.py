@@ -15,9 +15,9 @@ from flask import (
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token_until
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..events import event_envelope, latest_visible_event_id
+from ..cards import CLOCK_FILTERS, form_csrf_token, render_card
 from ..live import (
-    InboxFilters, clock_time, console_frame, day_month, describe_event, duration, founder_rule, rule_not_applied,
-    status_words, time_ago, time_until,
+    InboxFilters, console_frame, describe_event, duration, founder_rule, rule_not_applied, status_words,
 )
 from ..models import VIA_CONSOLE, escalation_option
 from ..paths import path_to
@@ -177,7 +177,7 @@ def escalation(escalation_id: str):
 @login_required
 def escalation_card(escalation_id: str):
     found = escalation_service.get_escalation(escalation_id, founder())
-    return render_template("escalations/_card.html", escalation=found)
+    return render_card(found)
 
 
 @bp.post("/escalations/<escalation_id>/resolve")
@@ -277,17 +277,17 @@ def job_live(job_id: str) -> Response:
     return sse_response(stream_with_context(frames))
 
 
-bp.add_app_template_filter(time_ago, "time_ago")
-bp.add_app_template_filter(time_until, "time_until")
 bp.add_app_template_filter(duration, "duration")
-bp.add_app_template_filter(clock_time, "clock_time")
+for _name, _clock_filter in CLOCK_FILTERS.items():  # the clock's words: "3 minutes ago", "by 14:05 UTC"
+    bp.add_app_template_filter(_clock_filter, _name)
 bp.add_app_template_filter(describe_event, "describe_event")
 bp.add_app_template_global(escalation_option, "escalation_option")
 bp.add_app_template_global(path_to, "path_to")
 bp.add_app_template_global(status_words, "status_words")
+bp.add_app_template_global(render_card, "render_card")
+bp.add_app_template_global(form_csrf_token, "form_csrf_token")
 bp.add_app_template_global(event_envelope, "event_envelope")
 bp.add_app_template_global(memory_service.previous_decision, "previous_decision")
 bp.add_app_template_global(rule_not_applied, "rule_not_applied")
 bp.add_app_template_global(founder_rule, "founder_rule")
-bp.add_app_template_filter(day_month, "day_month")
 bp.add_app_template_filter(memory_service.readable_signature, "readable_signature")
