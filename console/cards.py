@@ -25,7 +25,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import Row
 
 from .caches import app_cache
-from .live import clock_time, day_month, founder_rule, rule_not_applied, time_ago, time_until
+from .live import clock_time, day_month, founder_rule, rule_for, time_ago, time_until
 
 CARD = "escalations/_card.html"
 SUMMARY = "escalations/_summary.html"
@@ -77,27 +77,74 @@ CLOCK_FILTERS = {words.__name__: _clock_filter(kind, words) for kind, words in
 def render_card(escalation: Any, partial: str = CARD, *, oob: bool = False) -> Markup:
     """The card (or, with `partial=SUMMARY`, its one-line summary) of a row, from the cache
     when this version of the row was rendered before."""
-    if not isinstance(escalation, Row):  # a model instance: no cheap way to tell its version
+    if not _cacheable(escalation):  # a model instance: no cheap way to tell its version
         return Markup(render_template(partial, escalation=escalation, oob=oob))
-    rule = founder_rule(escalation.rule_id) if escalation.decided_by == "rule" else None
-    key = (partial, oob, request.script_root if has_request_context() else "", rule_not_applied(escalation),
-           rule and (rule.id, rule.created_at), repr(tuple(escalation)))
-    cache = app_cache("console_cards", lambda: LRUCache(CACHED_CARDS))
+    cache = _cards()
+    key = _card_key(escalation, partial, oob)
     html = cache.get(key)
     if html is None:
-        g.console_card_markers = True
-        try:
-            html = render_template(partial, escalation=escalation, oob=oob)
-        finally:
-            g.console_card_markers = False
-        cache[key] = html
+        html = cache[key] = _render_with_markers(escalation, partial, oob)
     return fill_in(html)
 
 
-def fill_in(html: str) -> Markup:
-    """The cached text with its markers replaced by what they stand for, now."""
+def render_cards(items: list[Any], partial: str = CARD, *,
+                 load: Callable[[list], dict[Any, Any]] | None = None) -> list[Markup]:
+    """The cards of a page. `items` are whole rows, or (services.escalations.founder_card_page
+    on PostgreSQL) card versions, whose whole rows `load(ids)` reads only for the cards that
+    are not cached yet (one statement for all of them)."""
+    cache = _cards()
+    keys = [_card_key(item, partial, False) for item in items]
+    found = [cache.get(key) for key in keys]
+    missing = [item.id for item, html in zip(items, found) if html is None and not _whole(item)]
+    loaded = load(missing) if missing and load is not None else {}
+    cards, token = [], []
+    for item, html in zip(items, found):
+        if html is None:
+            row = item if _whole(item) else loaded.get(item.id)
+            if row is None:
+                continue  # deleted since the page was read
+            html = _render_with_markers(row, partial, False)
+            cache[_card_key(row, partial, False)] = html  # under the version of what was rendered
+        cards.append(fill_in(html, token))
+    return cards
+
+
+def _cacheable(escalation: Any) -> bool:
+    return isinstance(escalation, (Row, tuple))
+
+
+def _whole(item: Any) -> bool:
+    return hasattr(item, "plain_english_problem")
+
+
+def _cards():
+    return app_cache("console_cards", lambda: LRUCache(CACHED_CARDS))
+
+
+def _card_key(escalation: Any, partial: str, oob: bool) -> tuple:
+    """Everything a card's text depends on but the clock and the CSRF token: the row's version
+    (computed by the database, or the row itself), the founder's rule for its error, the rule
+    that answered it, the partial, and where the app is mounted."""
+    version = getattr(escalation, "card_version", None) or repr(tuple(escalation))
+    rule = rule_for(escalation) if escalation.status == "pending" else None
+    answered_by = founder_rule(escalation.rule_id) if escalation.decided_by == "rule" else None
+    return (partial, oob, request.script_root if has_request_context() else "", escalation.id, version,
+            rule and repr(rule), answered_by and repr(answered_by))
+
+
+def _render_with_markers(escalation: Any, partial: str, oob: bool) -> str:
+    g.console_card_markers = True
+    try:
+        return render_template(partial, escalation=escalation, oob=oob)
+    finally:
+        g.console_card_markers = False
+
+
+def fill_in(html: str, token: list[str] | None = None) -> Markup:
+    """The cached text with its markers replaced by what they stand for, now. `token` holds
+    the request's CSRF token once it is known (one list for all the cards of a page)."""
     at = now()
-    token: list[str] = []
+    token = [] if token is None else token
 
     def replace(match: re.Match) -> str:
         kind, value = match.group(1), match.group(2)

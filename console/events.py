@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, event as sa_event, func, insert, select, text
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from .database import read_rows
+from .database import fetch_one, read_rows
 from .extensions import db
 from .models import JobEvent, event_envelope, utcnow
 
@@ -120,7 +120,7 @@ def list_founder_events(founder_id: str, after: int, limit: int) -> list[Row]:
 def latest_visible_event_id() -> int:
     """The newest event id that no later commit can go below: where a page that reads the
     database next starts its live updates, so that it misses nothing."""
-    return read_rows(_reads()["latest"])[0][0] or 0
+    return fetch_one(_reads()["latest"], {})[0] or 0
 
 
 # How long a reader waits for older transactions to finish when committed events lie beyond

@@ -186,11 +186,16 @@ def _founder_rules(founder_id: str) -> dict[tuple[str, str], Any]:
     return cache[founder_id]
 
 
+def rule_for(escalation: Any) -> Any:
+    """The founder's rule for this escalation's project and error (None without one)."""
+    return _founder_rules(escalation.founder_id).get((escalation.project_id, escalation.error_signature))
+
+
 def rule_not_applied(escalation: Any) -> str | None:
     """Why the founder's rule for this error did not answer this pending question, if it did not."""
     if escalation.status != "pending":
         return None
-    rule = _founder_rules(escalation.founder_id).get((escalation.project_id, escalation.error_signature))
+    rule = rule_for(escalation)
     return memory.why_rule_did_not_apply(rule, escalation) if rule is not None else None
 
 

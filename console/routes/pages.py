@@ -15,7 +15,7 @@ from flask import (
 from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token_until
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..events import event_envelope, latest_visible_event_id
-from ..cards import CLOCK_FILTERS, form_csrf_token, render_card
+from ..cards import CARD, CLOCK_FILTERS, SUMMARY, form_csrf_token, render_card, render_cards
 from ..live import (
     InboxFilters, console_frame, describe_event, duration, founder_rule, rule_not_applied, status_words,
 )
@@ -132,14 +132,17 @@ def inbox():
     view = remember_inbox_view(params.view)
     full = view == "full"
     live_after = latest_visible_event_id()  # before the reads: nothing committed after them is missed
-    pending, next_cursor = escalation_service.list_founder_escalations(
+    pending, next_cursor = escalation_service.founder_card_page(
         founder_id, status="pending", project_id=params.project, job_id=params.job, limit=INBOX_PAGE_SIZE,
         cursor=params.cursor, with_memory=full)
-    decided = escalation_service.recently_decided(founder_id, RECENTLY_DECIDED, project_id=params.project,
-                                                  job_id=params.job, with_memory=full)
+    decided = escalation_service.recently_decided_cards(founder_id, RECENTLY_DECIDED, project_id=params.project,
+                                                        job_id=params.job, with_memory=full)
     filters = InboxFilters.of(escalation_service.pending_by_scope(founder_id), params.project, params.job, view)
-    return render_template("inbox.html", pending=pending, decided=decided, next_cursor=next_cursor, view=view,
-                           filters=filters, pending_count=filters.pending_in_scope, live_after=live_after)
+    partial = CARD if full else SUMMARY
+    load = functools.partial(escalation_service.escalations_with_versions, with_memory=full)
+    return render_template("inbox.html", pending_cards=render_cards(pending, partial, load=load),
+                           decided_cards=render_cards(decided, partial, load=load), next_cursor=next_cursor,
+                           view=view, filters=filters, pending_count=filters.pending_in_scope, live_after=live_after)
 
 
 def remember_inbox_view(asked: str | None) -> str:

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import JSON, BigInteger, Row, Select, bindparam, column, func, select, text, tuple_, update
+from sqlalchemy import (
+    JSON, BigInteger, Row, Select, TextClause, bindparam, column, func, literal_column, select, text, tuple_, update,
+)
 
 from ..auth import AGENT, Principal
-from ..database import fetch_one, read_rows, write_transaction
+from ..database import fetch_named_rows, fetch_one, read_rows, read_text_rows, reads_off_the_driver, write_transaction
 from ..errors import Conflict, FieldError, NotFound, ValidationFailed
 from ..events import NOTIFY_CHANNEL, SSEEventType, announce, record_event
 from ..extensions import db
@@ -284,14 +286,15 @@ class PendingScope:
     pending: int
 
 
+_PENDING_BY_SCOPE = text("SELECT project_id, job_id, count(*) AS pending FROM agent_escalations "
+                         "WHERE founder_id = :founder_id AND status = 'pending' GROUP BY project_id, job_id")
+
+
 def pending_by_scope(founder_id: str) -> list[PendingScope]:
     """The founder's pending questions counted by project and job (the inbox's filters), most
     first. One index range of the founder's pending rows."""
-    columns = ESCALATIONS.c
-    query = (select(columns.project_id, columns.job_id, func.count().label("pending"))
-             .where(columns.founder_id == founder_id, columns.status == PENDING)
-             .group_by(columns.project_id, columns.job_id))
-    scopes = [PendingScope(project_id, job_id, pending) for project_id, job_id, pending in read_rows(query)]
+    rows = read_text_rows(_PENDING_BY_SCOPE, {"founder_id": founder_id})
+    scopes = [PendingScope(project_id, job_id, pending) for project_id, job_id, pending in rows]
     return sorted(scopes, key=lambda scope: (-scope.pending, scope.project_id, scope.job_id))
 
 
@@ -302,6 +305,71 @@ def _in_scope(query, project_id: str | None, job_id: str | None):
     if job_id:
         query = query.where(columns.job_id == job_id)
     return query
+
+
+# --- the inbox's cards: versions first (PostgreSQL) --------------------------------------------
+# The inbox renders its cards from console/cards.py's cache, keyed by a version of each row.
+# On PostgreSQL it reads the versions alone (an md5 of the row, with its previous decision,
+# computed in the database) and the whole rows only of the cards not cached yet: the whole
+# rows of a page cost three quarters of the inbox's statements in Python (bench/README.md).
+# On SQLite, or inside a write transaction, the pages are the whole rows.
+
+CARD_VERSION_FIELDS = "id, founder_id, project_id, job_id, error_signature, status, decided_by, rule_id, created_at"
+
+
+def _card_version_sql(table: str, with_memory: bool) -> str:
+    previous = f", ({memory.previous_decision_sql(table, 'postgresql')})" if with_memory else ""
+    return f"md5(row({table}.*{previous})::text)"
+
+
+@functools.cache
+def _card_versions_query(settled: bool, with_memory: bool, project: bool, job: bool, cursor: bool,
+                         limit: int) -> TextClause:
+    fields = ", ".join(f"e.{name}" for name in CARD_VERSION_FIELDS.split(", "))
+    where = ["e.founder_id = :founder_id",
+             "e.status IN ('resolved', 'skipped', 'expired')" if settled else "e.status = :status"]
+    where += ["e.project_id = :project_id"] if project else []
+    where += ["e.job_id = :job_id"] if job else []
+    where += ["(e.created_at, e.id) < (:cursor_created_at, :cursor_id)"] if cursor else []
+    order = "e.resolved_at DESC, e.id DESC" if settled else "e.created_at DESC, e.id DESC"
+    return text(f"SELECT {fields}, {_card_version_sql('e', with_memory)} AS card_version "
+                f"FROM agent_escalations AS e WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {int(limit)}")
+
+
+def founder_card_page(founder_id: str, *, status: str, project_id: str | None = None, job_id: str | None = None,
+                      limit: int = 50, cursor: str | None = None,
+                      with_memory: bool = True) -> tuple[list[Any], str | None]:
+    """list_founder_escalations for console/cards.render_cards: on PostgreSQL the page's card
+    versions, else its whole rows."""
+    if not reads_off_the_driver():
+        return list_founder_escalations(founder_id, status=status, project_id=project_id, job_id=job_id,
+                                        limit=limit, cursor=cursor, with_memory=with_memory)
+    params: dict[str, Any] = {"founder_id": founder_id, "status": status, "project_id": project_id, "job_id": job_id}
+    if cursor:
+        params["cursor_created_at"], params["cursor_id"] = decode_cursor(cursor)
+    query = _card_versions_query(False, with_memory, bool(project_id), bool(job_id), bool(cursor), limit + 1)
+    rows = fetch_named_rows(query, params)
+    if len(rows) > limit:
+        return rows[:limit], encode_cursor(rows[limit - 1])
+    return rows, None
+
+
+def recently_decided_cards(founder_id: str, limit: int, *, project_id: str | None = None, job_id: str | None = None,
+                           with_memory: bool = True) -> list[Any]:
+    """recently_decided for console/cards.render_cards (versions on PostgreSQL, as above)."""
+    if not reads_off_the_driver():
+        return recently_decided(founder_id, limit, project_id=project_id, job_id=job_id, with_memory=with_memory)
+    query = _card_versions_query(True, with_memory, bool(project_id), bool(job_id), False, limit)
+    return fetch_named_rows(query, {"founder_id": founder_id, "project_id": project_id, "job_id": job_id})
+
+
+def escalations_with_versions(escalation_ids: list[uuid.UUID], *, with_memory: bool = True) -> dict[uuid.UUID, Row]:
+    """The whole rows of these escalations, each with the card version of what it holds."""
+    selected = [ESCALATIONS, literal_column(_card_version_sql("agent_escalations", with_memory)).label("card_version")]
+    if with_memory:
+        selected.append(memory.previous_decision_column())
+    rows = read_rows(select(*selected).where(ESCALATIONS.c.id.in_(escalation_ids)))
+    return {row.id: row for row in rows}
 
 
 # --- resolve and skip ------------------------------------------------------------------------

@@ -15,9 +15,9 @@ import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, literal_column, select, update
+from sqlalchemy import ColumnElement, Row, delete, literal_column, select, text, update
 
-from ..database import read_rows
+from ..database import read_rows, read_text_rows
 from ..errors import NotFound
 from ..extensions import db
 from ..models import AgentEscalation, DecisionRule, escalation_option, utcnow
@@ -129,9 +129,13 @@ def count_use(rule: Row, now: dt.datetime) -> None:
                        .values(times_applied=RULES.c.times_applied + 1, last_applied_at=now))
 
 
+_FOUNDER_RULES = text(f"SELECT {', '.join(column.name for column in RULES.c)} FROM decision_rules "
+                      "WHERE founder_id = :founder_id ORDER BY created_at DESC, id DESC").columns(*RULES.c)
+
+
 def list_rules(founder_id: str) -> list[Row]:
-    return read_rows(select(RULES).where(RULES.c.founder_id == founder_id)
-                     .order_by(RULES.c.created_at.desc(), RULES.c.id.desc()))
+    """The founder's rules, newest first (read on every page with cards: off the driver)."""
+    return read_text_rows(_FOUNDER_RULES, {"founder_id": founder_id})
 
 
 def rules_by_key(founder_id: str) -> dict[tuple[str, str], Row]:
