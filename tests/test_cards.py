@@ -106,3 +106,61 @@ def test_agent_text_cannot_pass_for_a_marker(app, ids, make_escalation):
     escalation = make_escalation(plain_english_problem=f"Odd text {forged} here.")
     card = str(render_card_in_request(app, ids, escalation["id"], cards.CARD))
     assert forged in card and "years ago" not in card
+
+
+def test_a_page_of_card_versions_renders_the_cards_of_the_whole_rows(app, ids, states, dialect):
+    from console.cards import CARD, SUMMARY, render_cards
+    from console.caches import app_cache
+    from console.services import escalations as service
+
+    with app.test_request_context("/"):
+        session["founder_id"] = ids.founder_id
+        for partial, with_memory in ((CARD, True), (SUMMARY, False)):
+            page, _ = service.founder_card_page(ids.founder_id, status="pending", limit=50, with_memory=with_memory)
+            decided = service.recently_decided_cards(ids.founder_id, 20, with_memory=with_memory)
+            whole = service.list_founder_escalations(ids.founder_id, status="pending", with_memory=with_memory)[0]
+            assert [item.id for item in page] == [row.id for row in whole]
+            if dialect == "postgresql":  # versions, not the rows themselves
+                assert not hasattr(page[0], "plain_english_problem") and len(page[0].card_version) == 32
+            app_cache("console_cards", dict).cache.clear()
+            loads = []
+
+            def load(escalation_ids, with_memory=with_memory):
+                loads.append(list(escalation_ids))
+                return service.escalations_with_versions(escalation_ids, with_memory=with_memory)
+
+            cold = [str(card) for card in render_cards(page + decided, partial, load=load)]
+            warm = [str(card) for card in render_cards(page + decided, partial, load=load)]
+            direct = [render_template(partial, escalation=row) for row in whole + service.recently_decided(
+                ids.founder_id, 20, with_memory=with_memory)]
+            assert cold == direct and warm == direct
+            if dialect == "postgresql":
+                assert len(loads) == 1 and len(loads[0]) == len(page + decided)  # one read for every miss, once
+            else:
+                assert loads == []  # SQLite's pages are the whole rows
+
+
+def test_the_version_follows_the_row_and_its_previous_decision(app, client, founder, ids, make_escalation, dialect):
+    from console.services import escalations as service
+
+    if dialect != "postgresql":
+        pytest.skip("card versions are PostgreSQL's (SQLite keys cards by the whole row)")
+    signature = ids.new("sig-version")
+    pending = make_escalation(error_signature=signature, error_message=..., job_id=ids.new("job"))
+    other = make_escalation(error_signature=signature, error_message=..., job_id=ids.new("job"))
+
+    def version():
+        with app.test_request_context("/"):
+            page, _ = service.founder_card_page(ids.founder_id, status="pending", limit=50)
+            return next(item.card_version for item in page if str(item.id) == pending["id"])
+
+    first = version()
+    assert version() == first
+    client.post(f"/api/escalations/{other['id']}/resolve", json={"decision": "simpler_version"}, headers=founder())
+    remembered = version()  # the card now says "Last time you chose …": a new version
+    assert remembered != first
+    client.post(f"/api/jobs/{pending['job_id']}/escalations", headers={"Authorization": f"Bearer {app.config['AGENT_TOKEN']}"},
+                json={**{k: pending[k] for k in ("session_id", "project_id", "founder_id", "error_type",
+                                                  "plain_english_problem", "recommended_action", "options")},
+                      "error_signature": signature})
+    assert version() != remembered  # seen twice now
