@@ -445,7 +445,7 @@ class Api:
                             result["sent"] = time.perf_counter()
                             conn.writer.write(request)
                             status, headers = await read_head(conn.reader)
-                        except (ConnectionError, asyncio.IncompleteReadError) as error:
+                        except (ConnectionError, asyncio.IncompleteReadError):
                             conn.close()
                             conn = None
                             if fresh:

@@ -3,7 +3,6 @@ installed into a fresh virtual environment outside it, migrates a fresh SQLite a
 PostgreSQL database from the migrations it carries, and serves /healthz."""
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
