@@ -52,8 +52,9 @@ def form_csrf_token() -> str:
     return _marker("csrf") if _rendering_for_the_cache() else generate_csrf()
 
 
+# The clock's words, by the kind of marker that stands for them: each takes (when, now).
 _FILLERS: dict[str, Callable[[dt.datetime, dt.datetime], str]] = {
-    "ago": time_ago, "until": time_until, "clock": clock_time, "day": lambda when, at: day_month(when),
+    "ago": time_ago, "until": time_until, "clock": clock_time, "day": day_month,
 }
 
 
@@ -70,8 +71,7 @@ def _clock_filter(kind: str, words: Callable[..., str]) -> Callable[[dt.datetime
 
 
 # The template filters of the clock's words (registered by routes/pages.py).
-CLOCK_FILTERS = {words.__name__: _clock_filter(kind, words) for kind, words in
-                 (("ago", time_ago), ("until", time_until), ("clock", clock_time), ("day", day_month))}
+CLOCK_FILTERS = {words.__name__: _clock_filter(kind, words) for kind, words in _FILLERS.items()}
 
 
 def render_card(escalation: Any, partial: str = CARD, *, oob: bool = False) -> Markup:
@@ -110,7 +110,7 @@ def render_cards(items: list[Any], partial: str = CARD, *,
 
 
 def _cacheable(escalation: Any) -> bool:
-    return isinstance(escalation, (Row, tuple))
+    return isinstance(escalation, Row)
 
 
 def _whole(item: Any) -> bool:

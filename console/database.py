@@ -128,15 +128,12 @@ def reads_off_the_driver() -> bool:
 
 
 def read_text_rows(statement: TextClause, params: Mapping[str, Any]) -> list:
-    """The rows of a read-only text statement (typed with `.columns()` where SQLite needs it):
-    named tuples off the driver where reads_off_the_driver(), else SQLAlchemy's Rows."""
-    return fetch_named_rows(statement, params) if reads_off_the_driver() else read_rows(statement, params)
-
-
-def fetch_named_rows(statement: TextClause, params: Mapping[str, Any]) -> list:
-    """Every row of one read-only statement of PostgreSQL, as named tuples, straight off the
-    driver (as fetch_one). For the inbox's narrow reads, where SQLAlchemy's result layer cost
-    more than the statement."""
+    """The rows of a read-only text statement (typed with `.columns()` where SQLite needs it).
+    Where reads_off_the_driver(), named tuples straight off the driver (as fetch_one): for
+    the small reads of every page with cards, where SQLAlchemy's result layer cost more than
+    the statement. Else SQLAlchemy's Rows."""
+    if not reads_off_the_driver():
+        return read_rows(statement, params)
     from psycopg.rows import namedtuple_row  # noqa: PLC0415  (PostgreSQL only)
 
     def fetch_all(cursor):

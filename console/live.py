@@ -157,11 +157,12 @@ def clock_time(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
     return when.strftime("%H:%M UTC") if when.date() == today else f"{when.day} {when:%b %H:%M} UTC"
 
 
-def day_month(when: dt.datetime | None) -> str:
+def day_month(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
     """'3 March' (this year), '3 March 2025' (another)."""
     if when is None:
         return ""
-    return f"{when.day} {when:%B}" + ("" if when.year == dt.datetime.now(dt.UTC).year else f" {when.year}")
+    this_year = (now or dt.datetime.now(dt.UTC)).year
+    return f"{when.day} {when:%B}" + ("" if when.year == this_year else f" {when.year}")
 
 
 STATUS_WORDS = {"pending": "Waiting for you", "expired": "Expired: no decision", "skipped": "Withdrawn by the agent"}

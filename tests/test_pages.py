@@ -466,17 +466,3 @@ def test_live_frames_keep_to_the_inbox_filter_and_view(app, make_escalation, ids
     assert esc["id"] not in out_of_scope and "pending-count" not in out_of_scope
     assert esc["id"] not in other_job
     assert 'class="decide"' in whole and re.search(r'id="pending-count"[^>]*>1<', whole.replace("data: ", ""))
-
-
-@pytest.mark.parametrize("value", ["3f2b8c1e-9d4a-4b6e-8f1a-2c3d4e5f6a7b", "job with spaces/and ?#%", "jöb-ü", "a__job_id__b"])
-def test_path_to_builds_what_url_for_builds(app, value):
-    from flask import url_for
-
-    from console.paths import path_to
-
-    with app.test_request_context("/", environ_base={"SCRIPT_NAME": "/console"}):
-        assert path_to("pages.job", job_id=value) == url_for("pages.job", job_id=value)
-        assert path_to("pages.escalation_card", escalation_id=value) == url_for("pages.escalation_card",
-                                                                                escalation_id=value)
-    with app.test_request_context("/"):
-        assert path_to("pages.job", job_id=value) == url_for("pages.job", job_id=value)

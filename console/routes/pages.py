@@ -20,7 +20,6 @@ from ..live import (
     InboxFilters, console_frame, describe_event, duration, founder_rule, rule_not_applied, status_words,
 )
 from ..models import VIA_CONSOLE, escalation_option
-from ..paths import path_to
 from ..realtime import founder_event_stream, job_event_stream
 from ..routes.stream import resume_point, sse_response
 from ..schemas import InboxPageQuery, ResolveRequest, parse
@@ -285,7 +284,6 @@ for _name, _clock_filter in CLOCK_FILTERS.items():  # the clock's words: "3 minu
     bp.add_app_template_filter(_clock_filter, _name)
 bp.add_app_template_filter(describe_event, "describe_event")
 bp.add_app_template_global(escalation_option, "escalation_option")
-bp.add_app_template_global(path_to, "path_to")
 bp.add_app_template_global(status_words, "status_words")
 bp.add_app_template_global(render_card, "render_card")
 bp.add_app_template_global(form_csrf_token, "form_csrf_token")

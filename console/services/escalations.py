@@ -24,11 +24,11 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import (
-    JSON, BigInteger, Row, Select, TextClause, bindparam, column, func, literal_column, select, text, tuple_, update,
+    JSON, BigInteger, ColumnElement, Row, Select, bindparam, column, func, literal_column, select, text, tuple_, update,
 )
 
 from ..auth import AGENT, Principal
-from ..database import fetch_named_rows, fetch_one, read_rows, read_text_rows, reads_off_the_driver, write_transaction
+from ..database import fetch_one, read_rows, read_text_rows, write_transaction
 from ..errors import Conflict, FieldError, NotFound, ValidationFailed
 from ..events import NOTIFY_CHANNEL, SSEEventType, announce, record_event
 from ..extensions import db
@@ -244,8 +244,20 @@ def list_founder_escalations(founder_id: str, *, status: str | None = None, proj
     """The founder's escalations across jobs, newest first, a page at a time (keyset).
     `with_memory=False` leaves out each row's previous decision (the inbox's compact rows
     do not show it, and it is one correlated lookup per row)."""
-    columns = ESCALATIONS.c
     selected = (ESCALATIONS, memory.previous_decision_column()) if with_memory else (ESCALATIONS,)
+    return _founder_page(selected, founder_id, status, project_id, job_id, limit, cursor)
+
+
+def recently_decided(founder_id: str, limit: int, *, project_id: str | None = None, job_id: str | None = None,
+                     with_memory: bool = True) -> list[Escalation]:
+    """The founder's settled escalations (resolved, skipped, expired), most recently settled first."""
+    selected = (ESCALATIONS, memory.previous_decision_column()) if with_memory else (ESCALATIONS,)
+    return read_rows(_recently_decided_query(selected, founder_id, project_id, job_id, limit))
+
+
+def _founder_page(selected, founder_id: str, status: str | None, project_id: str | None, job_id: str | None,
+                  limit: int, cursor: str | None) -> tuple[list[Row], str | None]:
+    columns = ESCALATIONS.c
     query = select(*selected).where(columns.founder_id == founder_id)
     if status:
         query = query.where(columns.status == status)
@@ -260,14 +272,12 @@ def list_founder_escalations(founder_id: str, *, status: str | None = None, proj
     return rows, None
 
 
-def recently_decided(founder_id: str, limit: int, *, project_id: str | None = None, job_id: str | None = None,
-                     with_memory: bool = True) -> list[Escalation]:
-    """The founder's settled escalations (resolved, skipped, expired), most recently settled first."""
+def _recently_decided_query(selected, founder_id: str, project_id: str | None, job_id: str | None,
+                            limit: int) -> Select:
     columns = ESCALATIONS.c
-    selected = (ESCALATIONS, memory.previous_decision_column()) if with_memory else (ESCALATIONS,)
     query = _in_scope(select(*selected).where(columns.founder_id == founder_id,
                                               columns.status.in_([RESOLVED, SKIPPED, EXPIRED])), project_id, job_id)
-    return read_rows(query.order_by(columns.resolved_at.desc(), columns.id.desc()).limit(limit))
+    return query.order_by(columns.resolved_at.desc(), columns.id.desc()).limit(limit)
 
 
 def count_pending(founder_id: str, job_id: str | None = None, project_id: str | None = None) -> int:
@@ -310,62 +320,44 @@ def _in_scope(query, project_id: str | None, job_id: str | None):
 # --- the inbox's cards: versions first (PostgreSQL) --------------------------------------------
 # The inbox renders its cards from console/cards.py's cache, keyed by a version of each row.
 # On PostgreSQL it reads the versions alone (an md5 of the row, with its previous decision,
-# computed in the database) and the whole rows only of the cards not cached yet: the whole
-# rows of a page cost three quarters of the inbox's statements in Python (bench/README.md).
-# On SQLite, or inside a write transaction, the pages are the whole rows.
+# computed in the database) and the whole rows only of the cards not cached yet: building the
+# whole rows of a page was three quarters of the inbox's statements in Python (bench/README.md).
+# On SQLite the pages are the whole rows (and the cache keys cards by the row itself).
 
-CARD_VERSION_FIELDS = "id, founder_id, project_id, job_id, error_signature, status, decided_by, rule_id, created_at"
-
-
-def _card_version_sql(table: str, with_memory: bool) -> str:
-    previous = f", ({memory.previous_decision_sql(table, 'postgresql')})" if with_memory else ""
-    return f"md5(row({table}.*{previous})::text)"
+def _card_version_column(with_memory: bool) -> ColumnElement:
+    previous = f", ({memory.previous_decision_sql('agent_escalations', 'postgresql')})" if with_memory else ""
+    return literal_column(f"md5(row(agent_escalations.*{previous})::text)").label("card_version")
 
 
-@functools.cache
-def _card_versions_query(settled: bool, with_memory: bool, project: bool, job: bool, cursor: bool,
-                         limit: int) -> TextClause:
-    fields = ", ".join(f"e.{name}" for name in CARD_VERSION_FIELDS.split(", "))
-    where = ["e.founder_id = :founder_id",
-             "e.status IN ('resolved', 'skipped', 'expired')" if settled else "e.status = :status"]
-    where += ["e.project_id = :project_id"] if project else []
-    where += ["e.job_id = :job_id"] if job else []
-    where += ["(e.created_at, e.id) < (:cursor_created_at, :cursor_id)"] if cursor else []
-    order = "e.resolved_at DESC, e.id DESC" if settled else "e.created_at DESC, e.id DESC"
-    return text(f"SELECT {fields}, {_card_version_sql('e', with_memory)} AS card_version "
-                f"FROM agent_escalations AS e WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {int(limit)}")
+def _card_version_fields(with_memory: bool) -> tuple:
+    """What console/cards.py keys a card by, besides the version."""
+    columns = ESCALATIONS.c
+    return (columns.id, columns.founder_id, columns.project_id, columns.error_signature, columns.status,
+            columns.decided_by, columns.rule_id, columns.created_at, _card_version_column(with_memory))
 
 
 def founder_card_page(founder_id: str, *, status: str, project_id: str | None = None, job_id: str | None = None,
                       limit: int = 50, cursor: str | None = None,
-                      with_memory: bool = True) -> tuple[list[Any], str | None]:
+                      with_memory: bool = True) -> tuple[list[Row], str | None]:
     """list_founder_escalations for console/cards.render_cards: on PostgreSQL the page's card
     versions, else its whole rows."""
-    if not reads_off_the_driver():
+    if db.engine.dialect.name != "postgresql":
         return list_founder_escalations(founder_id, status=status, project_id=project_id, job_id=job_id,
                                         limit=limit, cursor=cursor, with_memory=with_memory)
-    params: dict[str, Any] = {"founder_id": founder_id, "status": status, "project_id": project_id, "job_id": job_id}
-    if cursor:
-        params["cursor_created_at"], params["cursor_id"] = decode_cursor(cursor)
-    query = _card_versions_query(False, with_memory, bool(project_id), bool(job_id), bool(cursor), limit + 1)
-    rows = fetch_named_rows(query, params)
-    if len(rows) > limit:
-        return rows[:limit], encode_cursor(rows[limit - 1])
-    return rows, None
+    return _founder_page(_card_version_fields(with_memory), founder_id, status, project_id, job_id, limit, cursor)
 
 
 def recently_decided_cards(founder_id: str, limit: int, *, project_id: str | None = None, job_id: str | None = None,
-                           with_memory: bool = True) -> list[Any]:
+                           with_memory: bool = True) -> list[Row]:
     """recently_decided for console/cards.render_cards (versions on PostgreSQL, as above)."""
-    if not reads_off_the_driver():
+    if db.engine.dialect.name != "postgresql":
         return recently_decided(founder_id, limit, project_id=project_id, job_id=job_id, with_memory=with_memory)
-    query = _card_versions_query(True, with_memory, bool(project_id), bool(job_id), False, limit)
-    return fetch_named_rows(query, {"founder_id": founder_id, "project_id": project_id, "job_id": job_id})
+    return read_rows(_recently_decided_query(_card_version_fields(with_memory), founder_id, project_id, job_id, limit))
 
 
 def escalations_with_versions(escalation_ids: list[uuid.UUID], *, with_memory: bool = True) -> dict[uuid.UUID, Row]:
     """The whole rows of these escalations, each with the card version of what it holds."""
-    selected = [ESCALATIONS, literal_column(_card_version_sql("agent_escalations", with_memory)).label("card_version")]
+    selected = [ESCALATIONS, _card_version_column(with_memory)]
     if with_memory:
         selected.append(memory.previous_decision_column())
     rows = read_rows(select(*selected).where(ESCALATIONS.c.id.in_(escalation_ids)))
