@@ -13,6 +13,7 @@ write is decided by `Principal.sees` and `Principal.check_may_write`, nowhere el
 """
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import hmac
@@ -26,6 +27,7 @@ from flask import current_app, g, request, session
 
 from .caches import LockedCache, app_cache
 from .errors import Forbidden, Unauthorized
+from .services import console_sessions
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 SESSION_FOUNDER_KEY = "founder_id"
@@ -40,6 +42,7 @@ class Principal:
     kind: Literal["founder", "agent"]
     founder_id: str | None = None
     job_id: str | None = None  # set only for a job-scoped agent
+    project_id: str | None = None  # a job-scoped agent's project, when its token names one (SPEC §16)
 
     @property
     def is_agent(self) -> bool:
@@ -76,6 +79,12 @@ class Principal:
             raise Forbidden(f"This agent token is scoped to job {self.job_id!r}; it may not write to job {job_id!r}.")
         if self.job_id is not None and founder_id != self.founder_id:
             raise Forbidden("This agent token is scoped to another founder: founder_id must be the token's.")
+
+    def check_may_use_project(self, project_id: str | None) -> None:
+        """Forbidden (403) when the caller's token is bound to another project (SPEC §16)."""
+        if self.project_id is not None and project_id is not None and project_id != self.project_id:
+            raise Forbidden(f"This agent token is scoped to project {self.project_id!r}; "
+                            f"it may not act in project {project_id!r}.")
 
 
 AGENT = Principal("agent")  # the orchestrator
@@ -163,14 +172,21 @@ def _verify_agent_jwt(token: str) -> tuple[Principal, dict]:
     for name, value in (("job_id", job_id), ("founder_id", founder_id)):
         if not isinstance(value, str) or not value or len(value) > 255:
             raise Unauthorized(f"The agent token's {name} is not an id.")
-    return Principal("agent", founder_id=founder_id, job_id=job_id), claims
+    project_id = claims.get("project_id")
+    if project_id is not None and (not isinstance(project_id, str) or not project_id or len(project_id) > 100):
+        raise Unauthorized("The agent token's project_id is not a project id.")
+    return Principal("agent", founder_id=founder_id, job_id=job_id, project_id=project_id), claims
 
 
-def mint_agent_jwt(secret: str, job_id: str, founder_id: str, ttl_seconds: int = DEFAULT_AGENT_TOKEN_TTL) -> str:
-    """A job-scoped agent token (what `flask --app console agent-token --job --founder` prints)."""
+def mint_agent_jwt(secret: str, job_id: str, founder_id: str, ttl_seconds: int = DEFAULT_AGENT_TOKEN_TTL,
+                   project_id: str | None = None) -> str:
+    """A job-scoped agent token (what `flask --app console agent-token --job --founder [--project]` prints)."""
     now = int(time.time())
-    return jwt.encode({"role": AGENT_ROLE, "job_id": job_id, "founder_id": founder_id, "iat": now,
-                       "exp": now + int(ttl_seconds)}, secret, algorithm="HS256")
+    claims = {"role": AGENT_ROLE, "job_id": job_id, "founder_id": founder_id, "iat": now,
+              "exp": now + int(ttl_seconds)}
+    if project_id is not None:
+        claims["project_id"] = project_id
+    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def _verify_founder_token(token: str) -> tuple[str, dict]:
@@ -270,23 +286,54 @@ def api_auth(*, founder: bool = True, agent: bool = True) -> Callable:
 
 # --- the console session -------------------------------------------------------------------
 
+SESSION_KEY = "sid"  # the random value whose row in console_sessions makes the cookie count
+
+
 def current_founder_id() -> str | None:
-    until = session.get(SESSION_UNTIL_KEY)
-    if until is not None and time.time() >= until:
-        session.clear()  # signed in with a token that has expired since
+    """The founder of this request's console session, if it is live on the server too (signed
+    out, ended everywhere or expired: None, and the cookie is cleared). Checked once a request."""
+    if "console_founder_id" in g:
+        return g.console_founder_id
+    g.console_founder_id = None
+    founder_id, session_key = session.get(SESSION_FOUNDER_KEY), session.get(SESSION_KEY)
+    if founder_id is None:
         return None
-    return session.get(SESSION_FOUNDER_KEY)
+    until = session.get(SESSION_UNTIL_KEY)
+    if (until is not None and time.time() >= until) or not isinstance(session_key, str) \
+            or not console_sessions.session_is_live(session_key, founder_id):
+        session.clear()  # expired, signed out (here or elsewhere), or from before sessions were kept
+        return None
+    g.console_founder_id = founder_id
+    return founder_id
 
 
 def start_console_session(founder_id: str, until: float | None = None) -> None:
     """Sign the founder in for PERMANENT_SESSION_LIFETIME, and no longer than `until` (the
     exp of the token they signed in with)."""
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+    ends = min(time.time() + lifetime, until) if until is not None else time.time() + lifetime
+    session_key = console_sessions.open_session(founder_id, dt.datetime.fromtimestamp(ends, dt.UTC))
     session.clear()  # a fresh session (and CSRF secret) for every login
     session.permanent = True
     session[SESSION_FOUNDER_KEY] = founder_id
+    session[SESSION_KEY] = session_key
     if until is not None:
         session[SESSION_UNTIL_KEY] = until
+    g.console_founder_id = founder_id
 
 
 def end_console_session() -> None:
+    """Sign out: this session ends on the server too (a copy of the cookie no longer counts)."""
+    session_key = session.get(SESSION_KEY)
+    if isinstance(session_key, str):
+        console_sessions.end_session(session_key)
     session.clear()
+    g.console_founder_id = None
+
+
+def end_every_console_session(founder_id: str) -> int:
+    """"Sign out everywhere": every session of the founder ends, this one included."""
+    ended = console_sessions.end_every_session(founder_id)
+    session.clear()
+    g.console_founder_id = None
+    return ended

@@ -5,6 +5,7 @@ import click
 from flask import Flask
 
 from .auth import DEFAULT_AGENT_TOKEN_TTL, mint_agent_jwt
+from .schemas import is_identifier
 
 DEMO_FOUNDER = "founder-demo"
 
@@ -28,27 +29,30 @@ def register(app: Flask) -> None:
     @app.cli.command("agent-token")
     @click.option("--job", "job_id", default=None, help="Mint a token scoped to this job (with --founder).")
     @click.option("--founder", "founder_id", default=None, help="The founder the scoped token acts for (with --job).")
+    @click.option("--project", "project_id", default=None,
+                  help="Bind the scoped token to this project too: a create naming another is 403.")
     @click.option("--ttl", type=click.IntRange(1, 366 * 24 * 3600), default=None,
                   help=f"Lifetime of the scoped token in seconds [default: {DEFAULT_AGENT_TOKEN_TTL}].")
-    def agent_token(job_id: str | None, founder_id: str | None, ttl: int | None) -> None:
+    def agent_token(job_id: str | None, founder_id: str | None, project_id: str | None, ttl: int | None) -> None:
         """Print an agent bearer token. Without options: the orchestrator's token
         (CONSOLE_AGENT_TOKEN, or the generated one), valid for every job. With --job and
         --founder: a job-scoped token (a JWT signed with CONSOLE_AGENT_JWT_SECRET) that may
         act only in that job, for that founder, until it expires."""
         if job_id is None and founder_id is None:
-            if ttl is not None:
-                raise click.UsageError("--ttl is for a scoped token: give --job and --founder too.")
+            if ttl is not None or project_id is not None:
+                raise click.UsageError("--ttl and --project are for a scoped token: give --job and --founder too.")
             click.echo(app.config["AGENT_TOKEN"])
             return
         if not job_id or not founder_id:
             raise click.UsageError("A scoped token needs both --job and --founder.")
-        for name, value in (("--job", job_id), ("--founder", founder_id)):
-            if len(value) > 255 or "\x00" in value:
-                raise click.UsageError(f"{name} must be 1-255 characters, without NUL.")
+        for name, value, limit in (("--job", job_id, 255), ("--founder", founder_id, 255),
+                                   ("--project", project_id, 100)):
+            if value is not None and not is_identifier(value, limit):
+                raise click.UsageError(f"{name} must be 1-{limit} characters, without control characters.")
         if not app.config.get("AGENT_JWT_SECRET"):
             raise click.ClickException("Job-scoped tokens need CONSOLE_AGENT_JWT_SECRET (the same on every host).")
         click.echo(mint_agent_jwt(app.config["AGENT_JWT_SECRET"], job_id, founder_id,
-                                  ttl if ttl is not None else DEFAULT_AGENT_TOKEN_TTL))
+                                  ttl if ttl is not None else DEFAULT_AGENT_TOKEN_TTL, project_id=project_id))
 
     @app.cli.command("worker")
     @click.option("--once", is_flag=True, help="Do what is due now, then exit.")

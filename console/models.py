@@ -23,7 +23,7 @@ STATUSES = (PENDING, RESOLVED, SKIPPED, EXPIRED)
 
 # Who settled an escalation (decided_by) and through what (decided_via, when a person did).
 BY_FOUNDER, BY_RULE, BY_EXPIRY, BY_AGENT = "founder", "rule", "expiry", "agent"
-VIA_API, VIA_CONSOLE, VIA_SLACK = "api", "console", "slack"
+VIA_API, VIA_CONSOLE, VIA_EMAIL, VIA_SLACK = "api", "console", "email", "slack"
 
 
 def utcnow() -> dt.datetime:
@@ -189,6 +189,25 @@ class SpentLoginLink(db.Model):
     spent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
+class ConsoleSession(db.Model):
+    """A signed-in console session (SPEC §16): the cookie names it, and it counts only while
+    this row says so, so signing out ends it on the server too and "Sign out everywhere" ends
+    every session of the founder. The id is a SHA-256 of the cookie's random value."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    founder_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_console_sessions_founder_id", "founder_id"),
+        Index("ix_console_sessions_expires_at", "expires_at"),
+    )
+
+
 class DecisionRule(db.Model):
     """"Answer this error the same way from now on, in this project" (SPEC §12): a later
     escalation of the founder with the same project and error signature is settled at once
@@ -348,6 +367,8 @@ class NotificationDelivery(db.Model):
               postgresql_where=text("status IN ('pending', 'sending')"),
               sqlite_where=text("status IN ('pending', 'sending')")),
         Index("ix_notification_deliveries_founder_id_id", "founder_id", "id"),
+        # what was sent to a founder on a channel in the last hour (the hourly cap, SPEC §16)
+        Index("ix_notification_deliveries_founder_id_channel_sent_at", "founder_id", "channel", "sent_at"),
         {"sqlite_autoincrement": True},
     )
 

@@ -37,8 +37,27 @@ def _no_nul(value: str) -> str:
 
 
 NoNul = AfterValidator(_no_nul)
-Id = Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul]
-ShortId = Annotated[str, StringConstraints(min_length=1, max_length=100), NoNul]  # keeps the signature within 255
+
+# SPEC §16: an identifier holds no C0/C1 control character and no line or paragraph separator,
+# so none can end a header line, forge a log line or break a Slack field.
+UNSAFE_IN_IDENTIFIERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+UNSAFE_IN_IDENTIFIERS_WORDS = "control characters (U+0000-U+001F, U+007F-U+009F) or line separators (U+2028, U+2029)"
+
+
+def _identifier(value: str) -> str:
+    if UNSAFE_IN_IDENTIFIERS.search(value):
+        raise ValueError(f"must not contain {UNSAFE_IN_IDENTIFIERS_WORDS}")
+    return value
+
+
+def is_identifier(value: str, max_length: int = 255) -> bool:
+    """Could this be an identifier of the API (1-max_length characters, no control character)?"""
+    return 1 <= len(value) <= max_length and not UNSAFE_IN_IDENTIFIERS.search(value)
+
+
+SafeId = AfterValidator(_identifier)
+Id = Annotated[str, StringConstraints(min_length=1, max_length=255), SafeId]
+ShortId = Annotated[str, StringConstraints(min_length=1, max_length=100), SafeId]  # keeps the signature within 255
 Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT), NoNul]
 RawText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]  # only hashed, never stored
 OptionalText = Annotated[str, StringConstraints(max_length=MAX_TEXT), NoNul]
@@ -46,7 +65,7 @@ OptionValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,100}
 Timestamp = Annotated[dt.datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str, when_used="json")]
 Status = Literal["pending", "resolved", "skipped", "expired"]
 DecidedBy = Literal["founder", "rule", "expiry", "agent"]
-DecidedVia = Literal["api", "console", "slack"]
+DecidedVia = Literal["api", "console", "email", "slack"]
 MAX_EXPIRES_IN = 30 * 24 * 3600
 
 
@@ -149,6 +168,7 @@ class EventCreate(BaseModel):
 
     @model_validator(mode="after")
     def _payload_limits(self) -> EventCreate:
+        check_json_shape(self.payload, "payload")
         reserved = ENVELOPE_KEYS & set(self.payload)
         if _unstorable(self.payload):
             raise ValueError("payload: NUL characters and unpaired surrogates cannot be stored")
@@ -161,6 +181,33 @@ class EventCreate(BaseModel):
     @property
     def payload(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+MAX_JSON_DEPTH = 32
+MAX_JSON_VALUES = 10_000
+
+
+def json_shape_problem(value: Any) -> str | None:
+    """Why a JSON value is too deep (> 32 levels) or too large (> 10,000 values) for the API,
+    or None. Walked without recursion, so no input can exhaust the stack."""
+    count, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > MAX_JSON_VALUES:
+            return f"holds more than {MAX_JSON_VALUES:,} values"
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return f"nests deeper than {MAX_JSON_DEPTH} levels"
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def check_json_shape(value: Any, field: str) -> None:
+    problem = json_shape_problem(value)
+    if problem is not None:
+        raise ValueError(f"{field}: {problem}")
 
 
 def _unstorable(value: Any) -> bool:

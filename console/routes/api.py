@@ -8,8 +8,10 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from .. import realtime
 from ..auth import api_auth
+from ..errors import FieldError, ValidationFailed
 from ..events import event_envelope
 from ..schemas import (
+    MAX_JSON_DEPTH, json_shape_problem,
     EscalationCreate, EscalationQuery, EventCreate, EventsQuery, InboxQuery, JobEscalationsQuery, ResolveRequest,
     SkipRequest, escalation_json_bytes, escalation_page_json_bytes, parse, rule_list_json_bytes,
 )
@@ -47,9 +49,13 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
     except ValueError as error:
         raise BadRequest(f"The body is not valid JSON: {error}.") from None
     except RecursionError:
-        raise BadRequest("The body nests too deeply to be a request of this API.") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The body must be a JSON object.")
+        data, problem = None, f"nests deeper than {MAX_JSON_DEPTH} levels"
+    else:
+        if not isinstance(data, dict):
+            raise BadRequest("The body must be a JSON object.")
+        problem = json_shape_problem(data)  # before any model walks it (SPEC §16: 422, never 500)
+    if problem is not None:
+        raise ValidationFailed([FieldError("payload" if request.path.endswith("/events") else "body", problem)])
     return data
 
 

@@ -12,8 +12,12 @@ from flask import (
     Blueprint, Response, current_app, redirect, render_template, request, session, stream_with_context, url_for,
 )
 
-from ..auth import Principal, current_founder_id, end_console_session, start_console_session, verify_founder_token_until
+from ..auth import (
+    Principal, current_founder_id, end_console_session, end_every_console_session, start_console_session,
+    verify_founder_token_until,
+)
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeoutError
 from ..events import event_envelope, latest_visible_event_id
 from ..cards import CARD, CLOCK_FILTERS, SUMMARY, form_csrf_token, render_card, render_cards
 from ..live import (
@@ -22,7 +26,7 @@ from ..live import (
 from ..models import VIA_CONSOLE, escalation_option
 from ..realtime import founder_event_stream, job_event_stream
 from ..routes.stream import resume_point, sse_response
-from ..schemas import InboxPageQuery, ResolveRequest, parse
+from ..schemas import UNSAFE_IN_IDENTIFIERS, InboxPageQuery, ResolveRequest, parse
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
 from ..services import login_links
@@ -56,18 +60,31 @@ def founder() -> Principal:
     return Principal("founder", current_founder_id())
 
 
+def signed_in_founder() -> str | None:
+    """The header's "Signed in as": a page that shows it must still render while the database
+    is away (the 503 page), so an outage here reads as signed out."""
+    try:
+        return current_founder_id()
+    except (DBAPIError, PoolTimeoutError):
+        return None
+
+
 # --- signing in and out ------------------------------------------------------------------------
 
 def _safe_next(target: str | None) -> str:
-    """Only local paths: never an open redirect."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
+    """Only a path on this site: never an open redirect (SPEC §16). Control characters are
+    removed first, as a browser or Werkzeug would (`/\t/evil.example` is `//evil.example`);
+    then it must start with one `/`, not `//` or `/\\`."""
+    cleaned = UNSAFE_IN_IDENTIFIERS.sub("", target or "")
+    if cleaned.startswith("/") and not cleaned.startswith(("//", "/\\")) and "\\" not in cleaned:
+        return cleaned
     return url_for("pages.inbox")
 
 
 @bp.get("/login")
 def login():
-    return render_template("login.html", next=request.args.get("next", ""))
+    notice = ("You are signed out on every device." if request.args.get("signed_out") == "everywhere" else None)
+    return render_template("login.html", next=request.args.get("next", ""), notice=notice)
 
 
 @bp.post("/login")
@@ -116,6 +133,13 @@ def login_link_submit():
 def logout():
     end_console_session()
     return redirect(url_for("pages.login"), 303)
+
+
+@bp.post("/logout/everywhere")
+@login_required
+def logout_everywhere():
+    end_every_console_session(current_founder_id())
+    return redirect(url_for("pages.login", signed_out="everywhere"), 303)
 
 
 # --- pages ---------------------------------------------------------------------------------------
@@ -285,6 +309,7 @@ for _name, _clock_filter in CLOCK_FILTERS.items():  # the clock's words: "3 minu
 bp.add_app_template_filter(describe_event, "describe_event")
 bp.add_app_template_global(escalation_option, "escalation_option")
 bp.add_app_template_global(status_words, "status_words")
+bp.add_app_template_global(signed_in_founder, "signed_in_founder")
 bp.add_app_template_global(render_card, "render_card")
 bp.add_app_template_global(form_csrf_token, "form_csrf_token")
 bp.add_app_template_global(event_envelope, "event_envelope")

@@ -56,6 +56,7 @@ def create_escalation(job_id: str, data: EscalationCreate, *,
     creates collapse into one row by the partial unique index. A job-scoped agent may
     create only in its job, for its founder (Forbidden otherwise)."""
     principal.check_may_write(job_id, data.founder_id)
+    principal.check_may_use_project(data.project_id)
     check_job_id(job_id)
     signature = data.error_signature
     if signature is None:

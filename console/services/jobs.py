@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from cachetools import LRUCache
-from sqlalchemy import Row, select
+from sqlalchemy import Row, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -16,6 +16,7 @@ from ..database import read_rows
 from ..events import JOB_EVENTS, StoredEvent, list_events, record_event
 from ..extensions import db
 from ..models import Job, utcnow
+from ..schemas import UNSAFE_IN_IDENTIFIERS_WORDS, is_identifier
 
 
 def dialect_insert(model):
@@ -23,22 +24,29 @@ def dialect_insert(model):
     return (pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
 
 
-# A job's founder never changes once stored, so each app remembers the owners it has read
-# (committed rows only): most writes to a known job then skip the ownership queries.
+# A job's founder never changes once stored, nor its project once set, so each app remembers
+# the (founder, project) of the jobs it has read (committed rows only): most writes to a known
+# job then skip the ownership queries.
 _KNOWN_OWNERS_MAX = 50_000
 
 
 def _known_owners() -> LockedCache:
-    """This app's remembered owners (bounded: the least recently used are forgotten)."""
+    """This app's remembered (founder, project) of jobs (bounded: the least recently used are forgotten)."""
     return app_cache("console_known_job_owners", lambda: LRUCache(maxsize=_KNOWN_OWNERS_MAX))
 
 
-def _read_owner(job_id: str) -> str | None:
-    """The stored founder of a job (None for an unknown job), remembered once read."""
-    owner = db.session.execute(select(Job.founder_id).where(Job.id == job_id)).scalar_one_or_none()
-    if owner is not None:
-        _known_owners()[job_id] = owner
-    return owner
+def _read_job(job_id: str) -> tuple[str, str | None] | None:
+    """The stored (founder, project) of a job (None for an unknown job), remembered once read."""
+    row = db.session.execute(select(Job.founder_id, Job.project_id).where(Job.id == job_id)).first()
+    if row is None:
+        return None
+    _known_owners()[job_id] = (row.founder_id, row.project_id)
+    return row.founder_id, row.project_id
+
+
+def _job_owner(job_id: str) -> str | None:
+    known = _known_owners().get(job_id) or _read_job(job_id)
+    return known[0] if known else None
 
 
 MAX_JOB_ID = 255
@@ -47,19 +55,21 @@ MAX_JOB_ID = 255
 def possible_job_id(job_id: str) -> bool:
     """Could a job have this id? Other ids find nothing, without asking the database (which
     refuses NUL on PostgreSQL)."""
-    return 1 <= len(job_id) <= MAX_JOB_ID and "\x00" not in job_id
+    return is_identifier(job_id, MAX_JOB_ID)
 
 
 def check_job_id(job_id: str) -> None:
     if not possible_job_id(job_id):
-        raise ValidationFailed([FieldError("job_id", f"must be 1-{MAX_JOB_ID} characters, without NUL")])
+        raise ValidationFailed([FieldError(
+            "job_id", f"must be 1-{MAX_JOB_ID} characters, without {UNSAFE_IN_IDENTIFIERS_WORDS}")])
 
 
 def claim_job(job_id: str, founder_id: str, project_id: str | None) -> None:
-    """Inside a write transaction: record the job's founder on first sight, and refuse a
-    second founder for it (a job has exactly one)."""
-    owner = _known_owners().get(job_id)
-    if owner is None:
+    """Inside a write transaction: record the job's founder (and project) on first sight, and
+    refuse a second founder or a second project for it (a job has exactly one of each: SPEC
+    §4, §16). A job first seen without a project takes the first one named."""
+    known = _known_owners().get(job_id)
+    if known is None or (project_id is not None and known[1] is None):
         inserted = db.session.execute(
             dialect_insert(Job)
             .values(id=job_id, founder_id=founder_id, project_id=project_id, created_at=utcnow())
@@ -68,9 +78,23 @@ def claim_job(job_id: str, founder_id: str, project_id: str | None) -> None:
         ).scalar_one_or_none()
         if inserted is not None:
             return  # ours now (remembered once another request reads it back committed)
-        owner = _read_owner(job_id)  # another founder's, or ours from a concurrent first claim
+        known = _read_job(job_id)  # another founder's, or ours from a concurrent first claim
+    owner, project = known
     if owner != founder_id:
         raise Conflict(f"Job {job_id!r} belongs to another founder; a job has exactly one founder.")
+    if project_id is None or project == project_id:
+        return
+    if project is None:  # the first project named for this job fixes it
+        fixed = db.session.execute(
+            update(Job).where(Job.id == job_id, Job.project_id.is_(None)).values(project_id=project_id)
+            .returning(Job.project_id)).scalar_one_or_none()
+        if fixed is not None:
+            return
+        project = (_read_job(job_id) or (owner, None))[1]  # a concurrent claim fixed it first
+        if project == project_id:
+            return
+    raise Conflict(f"Job {job_id!r} belongs to project {project!r}; a job has exactly one project, "
+                   f"so it cannot take an escalation or event of project {project_id!r}.")
 
 
 def job_visible_to(job_id: str, principal: Principal) -> bool:
@@ -79,7 +103,7 @@ def job_visible_to(job_id: str, principal: Principal) -> bool:
     too: the stream of an unknown job is 404, SPEC §6)."""
     if not possible_job_id(job_id) or not principal.sees_job(job_id):
         return False
-    owner = _known_owners().get(job_id) or _read_owner(job_id)
+    owner = _job_owner(job_id)
     return owner is not None and principal.sees(owner, job_id)
 
 
@@ -88,6 +112,7 @@ def post_job_event(job_id: str, event_type: str, founder_id: str, project_id: st
     """An agent-posted event (type already checked against the vocabulary). A job-scoped
     agent may post only in its job, for its founder (Forbidden otherwise)."""
     principal.check_may_write(job_id, founder_id)
+    principal.check_may_use_project(project_id)
     check_job_id(job_id)
     if project_id is not None:
         payload = {**payload, "project_id": project_id}
