@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import email.utils
 import zoneinfo
 from email.message import EmailMessage
@@ -99,14 +100,24 @@ class Choice:
     description: str
     recommended: bool
     guidance: bool
-    link: str
+    escalation_id: Any
+    founder_id: str
+
+    @functools.cached_property
+    def link(self) -> str:
+        """The e-mail's link (one token, however often a message shows it): decides this one question with this option (SPEC §16)."""
+        return service.decision_link(self.escalation_id, self.founder_id, self.value)
+
+    @property
+    def card_link(self) -> str:
+        """Slack's URL button: the card's console page with this option chosen (a session needed)."""
+        return service.card_link(self.escalation_id, self.value)
 
 
 def choices(escalation: Any) -> list[Choice]:
-    """One signed link per option, opening the card with it chosen."""
+    """The options, each with its links (made when a message uses them: one token per link)."""
     return [Choice(option["value"], option.get("label") or option["value"], option.get("description") or "",
-                   bool(option.get("recommended")), needs_guidance(option),
-                   service.option_link(escalation.id, escalation.founder_id, option["value"]))
+                   bool(option.get("recommended")), needs_guidance(option), escalation.id, escalation.founder_id)
             for option in escalation.options or []]
 
 
@@ -127,7 +138,7 @@ class Question:
 
 def question(escalation: Any, kind: str, settings: Any) -> Question:
     return Question(escalation, kind, first_line(escalation.plain_english_problem), deadline_text(escalation, settings),
-                    choices(escalation), service.option_link(escalation.id, escalation.founder_id, None))
+                    choices(escalation), service.card_link(escalation.id))
 
 
 # --- e-mail ---------------------------------------------------------------------------------------
@@ -228,7 +239,7 @@ def slack_question(escalation: Any, kind: str, settings: Any, *, interactive: bo
         if interactive and not choice.guidance:
             button.update(action_id=f"decide:{choice.value}"[:255], value=f"{escalation.id}:{choice.value}")
         else:
-            button.update(action_id=f"open:{choice.value}"[:255], url=choice.link)
+            button.update(action_id=f"open:{choice.value}"[:255], url=choice.card_link)
         if choice.recommended:
             button["style"] = "primary"
         buttons.append(button)

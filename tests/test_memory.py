@@ -169,9 +169,10 @@ def test_the_card_offers_the_last_decision_and_the_link_opens_it_chosen(client, 
     html = card(browser.get("/").get_data(as_text=True), pending["id"])
     assert "Last time you chose “Try a simpler version”, saying “Email only”" in html
     link = re.search(r'<a class="button button--quiet memory__fill"\s+href="([^"]+)"', html).group(1)
+    assert "Email" not in link and "guidance" not in link  # guidance (often a secret) never goes in a URL
     opened = card(browser.get(link.replace("&amp;", "&")).get_data(as_text=True), pending["id"])
     assert re.search(r'value="simpler_version"\s+checked', opened)  # chosen, not decided
-    assert ">Email only</textarea>" in opened
+    assert ">Email only</textarea>" in opened  # filled in by the server from the previous decision
     assert client.get(f"/api/escalations/{pending['id']}", headers=founder()).get_json()["status"] == "pending"
 
 

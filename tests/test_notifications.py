@@ -293,15 +293,17 @@ def test_a_new_question_is_mailed_as_one_multipart_message(app, founder, mailbox
     assert "&lt;b&gt;sandbox&lt;/b&gt;" in html
     assert "Retried with a fresh cache" in text and "Use the <b>sandbox</b> key for now." in text
     assert raw_error not in received.raw.decode() and "secret_users_table" not in text + html
-    # One link per option (plus "open the question"), each signed, naming this escalation and its option.
+    # One decision link per option, each signed, naming this escalation and its option; "open the
+    # question" is a plain console link (SPEC §16: no link signs anyone in).
     chosen = []
     with app.test_request_context():
         for link in dict.fromkeys(links(text)):
             read = service.read_option_link(parse_qs(urlsplit(link).query)["t"][0])
             assert read["escalation_id"] == escalation["id"] and read["founder_id"] == founder.founder_id
             chosen.append(read["decision"])
-    assert chosen == [option["value"] for option in DEFAULT_OPTIONS] + [""]
+    assert chosen == [option["value"] for option in DEFAULT_OPTIONS]
     assert set(links(text)) == set(links(html.replace("&amp;", "&")))
+    assert f"Open the question: https://console.example.com/escalations/{escalation['id']}\r\n" in text
     [delivery] = founder.deliveries()
     assert (delivery.channel, delivery.kind, delivery.status) == ("email", "question", "sent")
     [attempt] = founder.attempts()
@@ -501,7 +503,7 @@ def test_a_digest_is_at_most_one_message_an_hour_listing_what_arrived_since(app,
     text, html = text_and_html(digest.message)
     assert "The second question." in text and "The third question." in text and "The first question." not in text
     assert text.startswith("2 questions from your agents since ")
-    assert len(set(links(text))) == 2 * (len(DEFAULT_OPTIONS) + 1)
+    assert len(set(links(text))) == 2 * len(DEFAULT_OPTIONS)  # one token per question and option
     assert digest.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert [d.status for d in founder.deliveries()] == ["sent", "sent", "sent"]
 
@@ -531,38 +533,92 @@ def _csrf(page: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
-def test_an_option_link_signs_in_after_one_click_and_opens_the_card_with_it_chosen(app, founder):
+def _form(page: str) -> dict:
+    return {name: re.search(rf'name="{name}" value="([^"]*)"', page).group(1) for name in ("t", "form_token")}
+
+
+def test_an_option_link_decides_its_one_question_and_signs_nobody_in(app, founder):
     escalation = founder.escalate()
+    other_question = founder.escalate()
     with app.test_request_context():
-        link = service.option_link(uuid.UUID(escalation["id"]), founder.founder_id, "skip_feature")
+        link = service.decision_link(uuid.UUID(escalation["id"]), founder.founder_id, "skip_feature")
     path = link.removeprefix(BASE_URL)
     browser = app.test_client()
     page = browser.get(path)
-    assert page.status_code == 200 and "“Skip this feature”" in page.get_data(as_text=True)
-    assert browser.get(f"/escalations/{escalation['id']}").status_code == 303  # the GET signed nobody in
-    token = parse_qs(urlsplit(link).query)["t"][0]
-    resp = browser.post("/mail/open", data={"t": token, "csrf_token": _csrf(page.get_data(as_text=True))})
-    assert resp.status_code == 303
-    assert resp.headers["Location"] == f"/escalations/{escalation['id']}?decision=skip_feature"
-    card = browser.get(resp.headers["Location"]).get_data(as_text=True)
-    assert re.search(r'value="skip_feature"[^>]*checked', card)
-    assert browser.get(path).status_code == 303  # signed in already: straight to the card
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and "“Skip this feature”" in text and escalation["plain_english_problem"] in text
+    assert "Set-Cookie" not in page.headers  # no session, no CSRF cookie
+    assert other_question["id"] not in text and "Settings" not in text and "Sign out" not in text
+    assert founder.client.get(f"/api/escalations/{escalation['id']}", headers=AGENT).get_json()["status"] == "pending"
 
-    other = app.test_client()  # the same link, spent: it signs nobody else in
-    page = other.get(path)
-    assert page.status_code == 400 and "signed someone in once already" in page.get_data(as_text=True)
-    fresh = other.get("/login")
-    assert other.post("/mail/open", data={"t": token, "csrf_token": _csrf(fresh.get_data(as_text=True))}).status_code == 400
-    assert other.get(f"/escalations/{escalation['id']}").status_code == 303
-    assert other.post("/mail/open", data={"t": token}).status_code == 400  # no CSRF token
+    sent = browser.post("/mail/open", data=_form(text))
+    assert sent.status_code == 200 and "Set-Cookie" not in sent.headers
+    assert "You chose “Skip this feature”. The agent has your answer." in sent.get_data(as_text=True)
+    record = founder.client.get(f"/api/escalations/{escalation['id']}", headers=AGENT).get_json()
+    assert (record["status"], record["founder_decision"], record["decided_by"], record["decided_via"]) == (
+        "resolved", "skip_feature", "founder", "email")
+    # It signed nobody in: the console, the settings and the other question still need a session.
+    assert browser.get("/").status_code == 303
+    assert browser.get("/settings").status_code == 303
+    assert browser.get(f"/escalations/{other_question['id']}").status_code == 303
+    # Spent: a second Send is the card with its 409 notice; the page shows the settled card.
+    again = browser.post("/mail/open", data=_form(text))
+    assert again.status_code == 409 and "already decided" in again.get_data(as_text=True)
+    assert "name=\"guidance\"" not in browser.get(path).get_data(as_text=True)
+
+
+def test_an_option_link_needs_its_form_token_and_guidance_where_the_option_asks(app, founder):
+    escalation = founder.escalate()
+    with app.test_request_context():
+        link = service.decision_link(uuid.UUID(escalation["id"]), founder.founder_id, "provide_guidance")
+    browser = app.test_client()
+    form = _form(browser.get(link.removeprefix(BASE_URL)).get_data(as_text=True))
+    assert browser.post("/mail/open", data={"t": form["t"]}).status_code == 400  # no form token: a forged post
+    assert browser.post("/mail/open", data={**form, "form_token": "0" * 64}).status_code == 400
+    missing = browser.post("/mail/open", data={**form, "guidance": "  "})
+    assert missing.status_code == 422 and "needs guidance" in missing.get_data(as_text=True)
+    assert founder.client.get(f"/api/escalations/{escalation['id']}", headers=AGENT).get_json()["status"] == "pending"
+    done = browser.post("/mail/open", data={**form, "guidance": "Use the staging key."})
+    assert done.status_code == 200
+    record = founder.client.get(f"/api/escalations/{escalation['id']}", headers=AGENT).get_json()
+    assert (record["founder_decision"], record["founder_guidance"], record["decided_via"]) == (
+        "provide_guidance", "Use the staging key.", "email")
+
+
+def test_an_option_link_of_a_question_settled_elsewhere_shows_the_settled_card(app, founder):
+    escalation = founder.escalate()
+    with app.test_request_context():
+        link = service.decision_link(uuid.UUID(escalation["id"]), founder.founder_id, "skip_feature")
+    browser = app.test_client()
+    form = _form(browser.get(link.removeprefix(BASE_URL)).get_data(as_text=True))
+    resolved = founder.client.post(f"/api/escalations/{escalation['id']}/resolve", headers=founder.headers,
+                                   json={"decision": "simpler_version"})
+    assert resolved.status_code == 200
+    page = browser.get(link.removeprefix(BASE_URL))
+    assert page.status_code == 200 and "This question is settled" in page.get_data(as_text=True)
+    late = browser.post("/mail/open", data=form)
+    assert late.status_code == 409
+    record = founder.client.get(f"/api/escalations/{escalation['id']}", headers=AGENT).get_json()
+    assert record["founder_decision"] == "simpler_version" and record["decided_via"] == "api"
+
+
+def test_an_option_link_for_another_founders_question_changes_nothing(app, founder):
+    escalation = founder.escalate()
+    with app.test_request_context():
+        foreign = service.decision_link(uuid.UUID(escalation["id"]), "founder-somebody-else", "skip_feature")
+    browser = app.test_client()
+    assert browser.get(foreign.removeprefix(BASE_URL)).status_code == 404
+    token = parse_qs(urlsplit(foreign).query)["t"][0]
+    assert browser.post("/mail/open", data={"t": token, "form_token": "x"}).status_code == 404
+    assert founder.client.get(f"/api/escalations/{escalation['id']}", headers=AGENT).get_json()["status"] == "pending"
 
 
 def test_option_links_expire_after_seven_days_and_cannot_be_forged(app, founder):
     escalation = founder.escalate()
     with app.test_request_context():
         with mock.patch("itsdangerous.timed.time.time", return_value=time.time() - 7 * 86400 - 60):
-            old = service.option_link(uuid.UUID(escalation["id"]), founder.founder_id, "skip_feature")
-        fresh = service.option_link(uuid.UUID(escalation["id"]), founder.founder_id, "skip_feature")
+            old = service.decision_link(uuid.UUID(escalation["id"]), founder.founder_id, "skip_feature")
+        fresh = service.decision_link(uuid.UUID(escalation["id"]), founder.founder_id, "skip_feature")
     browser = app.test_client()
     assert browser.get(old.removeprefix(BASE_URL)).status_code == 400
     assert browser.get(fresh.removeprefix(BASE_URL)[:-2] + "xx").status_code == 400
@@ -592,10 +648,12 @@ def test_slack_gets_block_kit_with_a_text_fallback_and_option_buttons(app, found
     assert actions["type"] == "actions" and actions["block_id"] == f"escalation:{escalation['id']}"
     buttons = actions["elements"]
     assert [b["text"]["text"] for b in buttons] == [o["label"] for o in DEFAULT_OPTIONS] + ["Open in the console"]
-    assert all(b["type"] == "button" and b["url"].startswith(f"{BASE_URL}/mail/open?t=") for b in buttons)
+    # Plain console links (SPEC §16): a Slack channel is shared, so no button carries the founder's authority.
+    card = f"{BASE_URL}/escalations/{escalation['id']}"
+    assert [b["url"] for b in buttons] == [f"{card}?decision={o['value']}" for o in DEFAULT_OPTIONS] + [card]
     assert buttons[1]["style"] == "primary"  # the recommended option
-    with app.test_request_context():
-        assert service.read_option_link(parse_qs(urlsplit(buttons[0]["url"]).query)["t"][0])["decision"] == "skip_feature"
+    anonymous = app.test_client()
+    assert anonymous.get(buttons[0]["url"].removeprefix(BASE_URL)).status_code == 303  # to /login: a session is needed
     [delivery] = founder.deliveries()
     assert delivery.status == "sent"
     [attempt] = founder.attempts()
@@ -640,7 +698,7 @@ def test_interactive_buttons_decide_only_for_the_linked_slack_user(app, founder,
     assert [b.get("action_id") for b in buttons] == ["decide:skip_feature", "decide:simpler_version",
                                                     "open:provide_guidance", "open"]
     assert buttons[0]["value"] == f"{escalation['id']}:skip_feature" and "url" not in buttons[0]
-    assert buttons[2]["url"].startswith(f"{BASE_URL}/mail/open?t=")  # guidance: only in the console
+    assert buttons[2]["url"] == f"{BASE_URL}/escalations/{escalation['id']}?decision=provide_guidance"  # the console
 
     refused = click(founder.client, escalation, "skip_feature", "U999OTHER")
     assert refused.status_code == 200 and refused.get_json()["response_type"] == "ephemeral"

@@ -79,7 +79,7 @@ def test_the_settings_form_saves_in_place_and_keeps_what_was_saved(page, console
     expect(page.get_by_label("Quiet from")).to_have_value("22:30")
 
 
-def test_an_emailed_option_link_opens_the_card_with_that_option_chosen(new_context, console, sqlite_server, mail_dir):
+def test_an_emailed_option_link_decides_its_question_without_signing_in(new_context, console, sqlite_server, mail_dir):
     from console.worker import Worker
 
     status, _ = console.request("PUT", "/api/me/settings", {"email": f"{console.founder_id}@example.com"},
@@ -92,18 +92,19 @@ def test_an_emailed_option_link_opens_the_card_with_that_option_chosen(new_conte
     text = message.get_body(preferencelist=("plain",)).get_content()
     link = re.search(r"\* Skip this feature - .*\n\s+(\S+)", text).group(1)
 
-    page = new_context().new_page()  # a browser that is not signed in, as a mail app opens links
+    context = new_context()  # a browser that is not signed in, as a mail app opens links
+    page = context.new_page()
     page.goto(link)
-    expect(page.get_by_role("heading", level=1)).to_have_text("Open this question")
-    expect(page.locator("main")).to_contain_text("“Skip this feature” chosen")
-    page.get_by_role("button", name="Continue").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Answer this question")
+    expect(page.locator("main")).to_contain_text("The newsletter signup cannot reach the mail provider.")
+    assert console.read(escalation["id"])["status"] == "pending"  # a link never decides by itself
+    page.get_by_label("Guidance for the agent").fill("Try again tomorrow.")
+    page.get_by_role("button", name="Send “Skip this feature”").click()
 
-    expect(page).to_have_url(re.compile(rf"/escalations/{escalation['id']}\?decision=skip_feature$"))
-    the_card = card(page, escalation)
-    expect(the_card).to_have_attribute("data-status", "pending")  # a link never decides
-    expect(the_card.locator('input[value="skip_feature"]')).to_be_checked()
-    page.wait_for_load_state("load")
-    submit(the_card).click()
-    expect(the_card).to_have_attribute("data-status", "resolved")
+    expect(page.locator("#email-decision-done")).to_have_text("You chose “Skip this feature”. The agent has your answer.")
     record = console.read(escalation["id"])
-    assert (record["founder_decision"], record["decided_via"]) == ("skip_feature", "console")
+    assert (record["founder_decision"], record["founder_guidance"], record["decided_via"]) == (
+        "skip_feature", "Try again tomorrow.", "email")
+    assert context.cookies() == []  # no session was made
+    page.goto(sqlite_server.url + "/settings")
+    expect(page).to_have_url(re.compile(r"/login\?next="))  # and nobody was signed in

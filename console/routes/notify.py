@@ -1,10 +1,13 @@
-"""The pages and endpoints that messages lead to (SPEC §11): an e-mail's option links, its
-one-click unsubscribe, and Slack's interactive buttons.
+"""The pages and endpoints that messages lead to (SPEC §11, §16): an e-mail's option links,
+its one-click unsubscribe, and Slack's interactive buttons.
 
-* `GET /mail/open?t=` — a signed option link. A page with one button (mail scanners and link
-  previewers GET links, so a GET never signs in and never decides); its POST (CSRF) spends the
-  link, signs the founder in and opens the card with that option chosen. Already signed in as
-  that founder: straight to the card.
+* `GET /mail/open?t=` — an e-mail's option link. A page that needs no session and shows that
+  one question with the link's option chosen (mail scanners and link previewers GET links, so
+  a GET never decides). Its Send (`POST /mail/open`, the link's token and a CSRF token derived
+  from it) decides that question only, through the same rules as the console, with
+  `decided_via: "email"`, and spends the link. It sets no session cookie and signs nobody in:
+  a forwarded e-mail can answer one question, never open the account. A founder already
+  signed in on this browser goes straight to the card in the console.
 * `POST /mail/unsubscribe?t=` — RFC 8058 one-click: e-mail off for the founder the signed
   token names, without a session or CSRF token (mail providers post it themselves).
 * `POST /integrations/slack/actions` — Slack's form-encoded `payload`, only with a valid
@@ -19,12 +22,18 @@ from urllib.parse import parse_qs, urlencode
 from flask import Blueprint, Flask, current_app, jsonify, redirect, render_template, request, url_for
 from slack_sdk.signature import SignatureVerifier
 
-from ..auth import AGENT, current_founder_id, start_console_session
+from ..auth import AGENT, current_founder_id
+from ..errors import Conflict, ValidationFailed
+from ..models import PENDING, VIA_EMAIL, escalation_option
+from ..schemas import ResolveRequest, parse
 from ..services import escalations as escalation_service
 from ..services import notifications as service
 from ..services import slack as slack_service
 
 bp = Blueprint("notify", __name__)
+
+LINK_NOT_VALID = ("This link has expired (e-mail links work for 7 days) or is not valid, so it changes nothing. "
+                  "Sign in to see your questions.")
 
 
 def _card_url(link: dict[str, str]) -> str:
@@ -36,45 +45,73 @@ def _refused(message: str, next_url: str | None = None, status: int = 400):
     return render_template("notify/link_refused.html", message=message, next_url=next_url), status
 
 
-def _option_label(link: dict[str, str]) -> tuple[object | None, str | None]:
+def _linked(token: str):
+    """(link, escalation, option) of a decision link whose question exists and is the link's
+    founder's; or a refusal page."""
+    link = service.read_option_link(token)
+    if link is None:
+        return None, _refused(LINK_NOT_VALID)
     escalation = escalation_service.find_escalation(link["escalation_id"], AGENT)
     if escalation is None or escalation.founder_id != link["founder_id"]:
-        return None, None
-    option = next((o for o in escalation.options or [] if o.get("value") == link["decision"]), None)
-    return escalation, (option or {}).get("label")
+        return None, _refused("This question no longer exists, or the link is not for it.", status=404)
+    option = escalation_option(escalation, link["decision"]) if escalation.options else None
+    if not link["decision"] or (escalation.options and option is None):
+        # an "open the question" link of an earlier version: it decides nothing
+        return None, _refused("This link only opens the question, and that needs you to sign in.",
+                              next_url=_card_url(link), status=403)
+    return (link, escalation, option), None
+
+
+def _page(link, escalation, option, status: int = 200, **shown):
+    return render_template("notify/decide.html", escalation=escalation, option=option, decision=link["decision"],
+                           token=request.values.get("t", ""), form_token=service.decision_form_token(link),
+                           guidance_needed=escalation_service.guidance_required(escalation, link["decision"]),
+                           **shown), status
 
 
 @bp.get("/mail/open")
 def open_link():
-    token = request.args.get("t", "")
-    link = service.read_option_link(token)
-    if link is None:
-        return _refused("This link has expired (e-mail links work for 7 days) or is not valid. Sign in to "
-                        "see your questions.")
+    found, refusal = _linked(request.args.get("t", ""))
+    if refusal:
+        return refusal
+    link, escalation, option = found
     if current_founder_id() == link["founder_id"]:
         return redirect(_card_url(link), 303)
-    escalation, label = _option_label(link)
-    if escalation is None:
-        return _refused("This question no longer exists.")
-    if service.option_link_spent(link["nonce"]):
-        return _refused("This link has signed someone in once already. Sign in, and the question opens with "
-                        "the same answer chosen.", next_url=_card_url(link))
-    return render_template("notify/open.html", token=token, escalation=escalation, label=label)
+    if escalation.status != PENDING or service.option_link_spent(link["nonce"]):
+        return _page(link, escalation, option)  # settled, by any face: the page says how
+    return _page(link, escalation, option, form={"guidance": ""})
 
 
 @bp.post("/mail/open")
 def open_link_submit():
-    link = service.read_option_link(request.form.get("t", ""))
-    if link is None:
-        return _refused("This link has expired (e-mail links work for 7 days) or is not valid. Sign in to "
-                        "see your questions.")
-    if current_founder_id() == link["founder_id"]:
-        return redirect(_card_url(link), 303)
-    if not service.spend_option_link(link):
-        return _refused("This link has signed someone in once already. Sign in, and the question opens with "
-                        "the same answer chosen.", next_url=_card_url(link))
-    start_console_session(link["founder_id"])
-    return redirect(_card_url(link), 303)
+    found, refusal = _linked(request.form.get("t", ""))
+    if refusal:
+        return refusal
+    link, escalation, option = found
+    if not service.decision_form_token_valid(link, request.form.get("form_token", "")):
+        return _refused("This form did not come from the link's page. Open the link from your e-mail again.")
+    guidance = request.form.get("guidance")
+    form = {"guidance": guidance or ""}
+    if escalation.status != PENDING or service.option_link_spent(link["nonce"]):
+        return _page(link, escalation, option, 409, notice=_settled_notice(escalation))
+    try:
+        data = parse(ResolveRequest, {"decision": link["decision"], "guidance": guidance})
+        decided = escalation_service.resolve_escalation(escalation.id, link["founder_id"], data.decision,
+                                                        data.guidance, via=VIA_EMAIL)
+    except ValidationFailed as error:
+        errors = {e.field.split(".")[0]: e.message for e in error.errors}
+        return _page(link, escalation, option, 422, form=form, errors=errors)
+    except Conflict as error:
+        return _page(link, error.escalation, option, 409, notice=error.detail)
+    if not service.spend_option_link(link):  # a second Send raced this one: it decided first
+        return _page(link, decided, option, 409, notice="This link has been used already: it decides once.")
+    return _page(link, decided, option, decided_now=True)
+
+
+def _settled_notice(escalation) -> str:
+    if escalation.status == PENDING:
+        return "This link has been used already: it decides once."
+    return escalation_service.describe_settled(escalation)
 
 
 @bp.get("/mail/unsubscribe")
@@ -126,6 +163,8 @@ def init_app(app: Flask) -> None:
     from ..extensions import csrf  # noqa: PLC0415
 
     app.register_blueprint(bp)
-    # Authenticated by what they carry (a signed token, Slack's signature), never by a cookie.
+    # Authenticated by what they carry (a signed token, Slack's signature), never by a cookie; the
+    # decision link's form has a CSRF token of its own, derived from the link (it sets no cookie).
     csrf.exempt(unsubscribe)
     csrf.exempt(slack_actions)
+    csrf.exempt(open_link_submit)

@@ -189,13 +189,18 @@ def job(job_id: str):
 @bp.get("/escalations/<escalation_id>")
 @login_required
 def escalation(escalation_id: str):
-    """One card. `?decision=&guidance=` (the "Same as last time" link, an e-mail's option
-    link) opens it with that option chosen: a GET never decides, the founder still sends."""
+    """One card. `?decision=` (a message's option button, a pushed notification's action)
+    opens it with that option chosen; `&fill=previous` (the "Same as last time" link) also
+    fills in the previous decision's guidance, read here: guidance, often a credential, is
+    never put in a URL (SPEC §16). A GET never decides: the founder still sends."""
     found = escalation_service.get_escalation(escalation_id, founder())
     chosen = request.args.get("decision", "")[:255]
     form = {}
     if chosen and found.status == "pending" and (not found.options or escalation_option(found, chosen)):
-        form = {"decision": chosen, "guidance": request.args.get("guidance", "")[:10_000]}
+        form = {"decision": chosen, "guidance": ""}
+        previous = memory_service.previous_decision(found) if request.args.get("fill") == "previous" else None
+        if previous and previous.get("decision") == chosen:
+            form["guidance"] = previous.get("guidance") or ""
     return render_template("escalation.html", escalation=found, form=form)
 
 

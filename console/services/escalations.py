@@ -385,7 +385,7 @@ def _check_decision(escalation: Escalation, decision: str, guidance: str | None)
         raise ValidationFailed(errors)
 
 
-def _describe_settled(escalation: Escalation) -> str:
+def describe_settled(escalation: Escalation) -> str:
     if escalation.status == SKIPPED:
         return "The agent withdrew this question, so there is nothing left to decide."
     if escalation.status == EXPIRED:
@@ -404,7 +404,7 @@ def _already_settled(escalation: Escalation, decision: str, guidance: str | None
     if (escalation.status == RESOLVED and escalation.decided_by == BY_FOUNDER
             and escalation.founder_decision == decision and escalation.founder_guidance == guidance):
         return escalation
-    raise Conflict(_describe_settled(escalation), escalation)
+    raise Conflict(describe_settled(escalation), escalation)
 
 
 def resolve_escalation(escalation_id: str | uuid.UUID, founder_id: str, decision: str | None,
@@ -571,7 +571,7 @@ def skip_escalation(escalation_id: str | uuid.UUID, reason: str | None = None, *
         raise NotFound(f"There is no escalation {str(escalation_id)!r}.")
     if current.status == SKIPPED:
         return current
-    raise Conflict(_describe_settled(current), current)
+    raise Conflict(describe_settled(current), current)
 
 
 def _resolution_payload(escalation: Escalation) -> dict[str, Any]:

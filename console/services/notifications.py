@@ -9,14 +9,18 @@ delivery per channel the founder has on (none without settings), so a founder wh
 nothing costs one indexed look-up and no row.
 
 Links in messages are signed with the app's secret key (itsdangerous, as sign-in links are):
-an option link names the escalation, the founder and the option, expires after 7 days and
-signs in once, after a confirming click (its nonce is spent in `spent_mail_links`); the
+an e-mail's option link names the escalation, the founder and the option, expires after 7
+days and decides that one question once, with one Send (its nonce is spent in
+`spent_mail_links`); it signs nobody in (SPEC §16). Slack's URL buttons and "Open in the
+console" are plain links to the card's page (`card_link`), which needs a session. The
 unsubscribe link names the founder and turns e-mail off with a POST, without a session.
 """
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import hmac
 import secrets
 import uuid
 from typing import Any
@@ -205,12 +209,20 @@ def _unsubscribe_serializer() -> URLSafeSerializer:
     return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=_UNSUBSCRIBE_SALT)
 
 
-def option_link(escalation_id: uuid.UUID, founder_id: str, decision: str | None) -> str:
-    """A link that opens the card with `decision` chosen (or just the card), signing the founder
-    in after one confirming click. Each link has its own nonce: it signs in once."""
-    token = _option_serializer().dumps({"e": str(escalation_id), "f": founder_id, "d": decision or "",
+def decision_link(escalation_id: uuid.UUID, founder_id: str, decision: str) -> str:
+    """An e-mail's option link (SPEC §16): it opens a page that decides this one question
+    with this option after one Send, and signs nobody in. Bound to the founder, the escalation
+    and the option; expires after 7 days; spent by the first decision made with it."""
+    token = _option_serializer().dumps({"e": str(escalation_id), "f": founder_id, "d": decision,
                                         "n": secrets.token_urlsafe(18)})
     return f"{_base_url()}/mail/open?{urlencode({'t': token})}"
+
+
+def card_link(escalation_id: uuid.UUID, decision: str | None = None) -> str:
+    """The card's console page (a session is needed, as for every console page), with an
+    option chosen: what Slack's URL buttons and every "Open in the console" link lead to."""
+    query = f"?{urlencode({'decision': decision})}" if decision else ""
+    return f"{_base_url()}/escalations/{escalation_id}{query}"
 
 
 def read_option_link(token: str) -> dict[str, str] | None:
@@ -231,8 +243,8 @@ def option_link_spent(nonce: str) -> bool:
 
 
 def spend_option_link(link: dict[str, str]) -> bool:
-    """Spend the link's nonce: True for the one click that signs in (of any number, concurrent or
-    later). Nonces older than a link's lifetime can never be presented again: they are forgotten."""
+    """Spend the link's nonce: True for the one decision made with it (of any number, concurrent
+    or later). Nonces older than a link's lifetime can never be presented again: they are forgotten."""
     now = utcnow()
     spend = (dialect_insert(SPENT).values(nonce=link["nonce"], founder_id=link["founder_id"], spent_at=now)
              .on_conflict_do_nothing(index_elements=["nonce"]).returning(SPENT.c.nonce))
@@ -240,6 +252,19 @@ def spend_option_link(link: dict[str, str]) -> bool:
         spent_now = session.execute(spend).first() is not None
         session.execute(delete(SPENT).where(SPENT.c.spent_at < now - dt.timedelta(seconds=MAIL_LINK_MAX_AGE + 86400)))
     return spent_now
+
+
+def decision_form_token(link: dict[str, str]) -> str:
+    """The CSRF token of a decision link's page. The page sets no cookie, so the token is
+    derived from the link itself (HMAC with the app's key): a form posted from elsewhere
+    lacks it, and it is good for this one link only."""
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(key, f"mail-decision-form:{link['nonce']}:{link['escalation_id']}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def decision_form_token_valid(link: dict[str, str], token: str) -> bool:
+    return hmac.compare_digest(decision_form_token(link), token or "")
 
 
 def unsubscribe_link(founder_id: str) -> str:

@@ -62,7 +62,7 @@ def handle_action(payload: Any) -> dict[str, Any]:
                           "linked in the console's settings). Nothing was decided.")
     option = escalation_option(escalation, decision)
     label = option["label"] if option else decision
-    open_link = notification_service.option_link(escalation.id, escalation.founder_id, decision)
+    open_link = notification_service.card_link(escalation.id, decision)  # a plain console link (SPEC §16)
     if escalation_service.guidance_required(escalation, decision):
         return _ephemeral(f"“{slack_escape(label)}” needs a few words of guidance: <{open_link}|answer it in the console>.")
     try:
