@@ -52,6 +52,13 @@ class DefaultConfig:
     SSE_MAX_STREAM_SECONDS = 300.0
     SQLITE_POLL_SECONDS = 0.5
 
+    # Bounds on one caller (SPEC §16): pending escalations per job (the next create is 429),
+    # concurrent SSE streams and long-polls per credential and server process, and messages per
+    # founder, channel and hour (the rest of the hour is folded into one digest).
+    MAX_PENDING_PER_JOB = 200
+    MAX_STREAMS_PER_TOKEN = 100
+    MAX_MESSAGES_PER_HOUR = 30
+
     # Expiry (SPEC §10): the deadline of an escalation created without `expires_in`
     # (seconds; None: no deadline), and how often the worker looks for due work.
     DEFAULT_EXPIRES_IN: int | None = None
@@ -205,6 +212,22 @@ def _check_default_expires_in(value) -> None:
                            f"(30 days), or unset for no deadline; it is {value!r}.")
 
 
+def _check_bounds(config) -> None:
+    for name in ("MAX_PENDING_PER_JOB", "MAX_STREAMS_PER_TOKEN", "MAX_MESSAGES_PER_HOUR"):
+        value = config.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+            raise RuntimeError(f"CONSOLE_{name} must be a whole number from 1 to 1000000; it is {value!r}.")
+
+
+def _check_identity_provider(config) -> None:
+    """An identity provider issues tokens for many apps: without an audience, a token it made for
+    any of them would sign in here (SPEC §16)."""
+    if (config.get("JWT_PUBLIC_KEY") or config.get("JWKS_URL")) and not config.get("JWT_AUDIENCE"):
+        raise RuntimeError("Set CONSOLE_JWT_AUDIENCE: with CONSOLE_JWT_PUBLIC_KEY or CONSOLE_JWKS_URL, founder tokens "
+                           "are checked for this console's audience (the `aud` your identity provider puts in tokens "
+                           "meant for it), or a token it issued for any other app would sign in here.")
+
+
 def configure(app: Flask, test_config: dict | None) -> None:
     app.config.from_object(DefaultConfig)
     app.config.from_prefixed_env("CONSOLE")
@@ -217,6 +240,8 @@ def configure(app: Flask, test_config: dict | None) -> None:
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         app.config["SQLALCHEMY_DATABASE_URI"] = database_uri(os.environ.get("DATABASE_URL"), app.instance_path)
     _check_default_expires_in(app.config.get("DEFAULT_EXPIRES_IN"))
+    _check_bounds(app.config)
+    _check_identity_provider(app.config)
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(uri))
     _settle_secrets(app, embedded=uri.startswith("sqlite"))

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError as PoolTim
 from werkzeug.exceptions import HTTPException
 
 from .extensions import db
+from .text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,16 @@ class Forbidden(ServiceError):
     status, title = 403, "Forbidden"
 
 
+class TooManyRequests(ServiceError):
+    """A bound on one caller was reached (SPEC §16): 429 with Retry-After."""
+
+    status, title = 429, "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int):
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra: Any) -> Response:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     resp = Response(json.dumps(body), status=status, mimetype="application/problem+json")
@@ -81,7 +92,8 @@ def service_error_response(error: ServiceError) -> Response:
         from .schemas import escalation_json  # noqa: PLC0415 (schemas imports models only)
 
         extra["escalation"] = escalation_json(error.escalation)
-    return problem(error.status, error.title, error.detail, **extra)
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyRequests) else None
+    return problem(error.status, error.title, error.detail, headers=headers, **extra)
 
 
 def _wants_problem_json() -> bool:
@@ -119,8 +131,9 @@ def register_error_handlers(app: Flask) -> None:
     def handle_service_error(error: ServiceError):
         if _wants_problem_json():
             return service_error_response(error)
+        headers = {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyRequests) else {}
         return render_template("error.html", status=error.status, title=error.title,
-                               detail=error.detail), error.status
+                               detail=error.detail), error.status, headers
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException):
@@ -150,7 +163,7 @@ def register_error_handlers(app: Flask) -> None:
             status, title = 503, "Service unavailable"
             detail = "The database is not answering right now. Try again in a few seconds."
         else:
-            log.exception("unhandled error on %s %s", request.method, request.path)
+            log.exception("unhandled error on %s %s", request.method, one_line(request.path, 300))
             status, title = 500, "Internal server error"
             detail = "Something went wrong on our side; it has been logged."
         if _wants_problem_json():

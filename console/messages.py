@@ -23,6 +23,7 @@ from flask import current_app, render_template
 
 from .models import EXPIRED, KIND_REMINDER, RESOLVED, SKIPPED, escalation_option
 from .services import notifications as service
+from .text import one_line
 
 SUBJECT_LINE = 80  # characters of the problem's first line in a subject
 PROVIDE_GUIDANCE = "provide_guidance"
@@ -31,8 +32,9 @@ PROVIDE_GUIDANCE = "provide_guidance"
 # --- shared wording -------------------------------------------------------------------------------
 
 def first_line(text: str, limit: int = SUBJECT_LINE) -> str:
-    """The first line of a text, cut at a word to `limit` characters (with an ellipsis)."""
-    line = next((part.strip() for part in (text or "").splitlines() if part.strip()), "")
+    """The first line of a text, cut at a word to `limit` characters (with an ellipsis), with
+    no control character left in it."""
+    line = next((one_line(part) for part in (text or "").splitlines() if one_line(part)), "")
     return shorten(line, limit)
 
 
@@ -168,7 +170,7 @@ def _envelope(message: EmailMessage, to: str, subject: str, at: dt.datetime, fou
 def question_email(escalation: Any, kind: str, settings: Any, at: dt.datetime) -> EmailMessage:
     """A question (or its reminder) as one multipart/alternative message."""
     shown = question(escalation, kind, settings)
-    subject = f"[{escalation.project_id}] {shown.subject_line}"
+    subject = one_line(f"[{escalation.project_id}] {shown.subject_line}")  # a header is one line (SPEC §16)
     context = {"q": shown, "settings_link": service.settings_link(),
                "unsubscribe_link": service.unsubscribe_link(escalation.founder_id)}
     message = EmailMessage(policy=SMTP)
@@ -190,8 +192,8 @@ def digest_email(items: list[tuple[Any, str]], settings: Any, founder_id: str, a
     shown = [question(escalation, kind, settings) for escalation, kind in items]
     projects = list(dict.fromkeys(q.escalation.project_id for q in shown))
     count = len(shown)
-    subject = (f"[{shorten(', '.join(projects), 60)}] "
-               + (f"{count} questions are waiting for you" if count > 1 else shown[0].subject_line))
+    subject = one_line(f"[{shorten(', '.join(projects), 60)}] "
+                       + (f"{count} questions are waiting for you" if count > 1 else shown[0].subject_line))
     context = {"questions": shown, "since": local_time(since, settings) if since else None,
                "settings_link": service.settings_link(), "unsubscribe_link": service.unsubscribe_link(founder_id)}
     message = EmailMessage(policy=SMTP)
@@ -216,12 +218,12 @@ def _plain(text: str, limit: int) -> dict[str, Any]:
 def _question_blocks(escalation: Any, kind: str, settings: Any) -> list[dict[str, Any]]:
     heading = "Reminder: still waiting for you" if kind == KIND_REMINDER else "Your agent has a question"
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": _plain(f"[{escalation.project_id}] {heading}", 150)},
+        {"type": "header", "text": _plain(one_line(f"[{escalation.project_id}] {heading}"), 150)},
         {"type": "section", "text": _plain(escalation.plain_english_problem, 3000)},
         {"type": "section", "text": _plain(f"Recommended: {escalation.recommended_action}", 3000)},
     ]
     deadline = deadline_text(escalation, settings)
-    context = [_plain(f"{escalation.error_type} · job {escalation.job_id}", 300)]
+    context = [_plain(one_line(f"{escalation.error_type} · job {escalation.job_id}"), 300)]
     if deadline:
         context.insert(0, _plain(deadline, 300))
     blocks.append({"type": "context", "elements": context})
@@ -246,7 +248,7 @@ def slack_question(escalation: Any, kind: str, settings: Any, *, interactive: bo
     buttons.append({"type": "button", "text": _plain("Open in the console", 75), "action_id": "open", "url": shown.open_link})
     prefix = "Reminder: " if kind == KIND_REMINDER else "New question: "
     return {
-        "text": slack_escape(f"[{escalation.project_id}] {prefix}{shown.subject_line}"),
+        "text": slack_escape(one_line(f"[{escalation.project_id}] {prefix}{shown.subject_line}")),
         "blocks": _question_blocks(escalation, kind, settings)
         + [{"type": "actions", "block_id": f"escalation:{escalation.id}", "elements": buttons}],
     }
@@ -257,4 +259,5 @@ def slack_settled(escalation: Any, settings: Any, note: str | None = None) -> di
     outcome = note or settled_text(escalation)
     blocks = _question_blocks(escalation, "question", settings)[:2] + [
         {"type": "section", "text": _plain(outcome, 3000)}]
-    return {"replace_original": True, "text": slack_escape(f"[{escalation.project_id}] {outcome}"), "blocks": blocks}
+    return {"replace_original": True, "text": slack_escape(one_line(f"[{escalation.project_id}] {outcome}")),
+            "blocks": blocks}

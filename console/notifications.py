@@ -61,6 +61,7 @@ from .models import (
     NotificationDelivery, NotificationSettings,
 )
 from .services import notifications as service
+from .text import one_line
 from .worker import task
 
 log = logging.getLogger("console.notifications")
@@ -183,8 +184,8 @@ class Outcome:
 
 
 def _short(text: str, limit: int = OUTCOME_CHARS) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    """One line, shortened: what is recorded and logged never carries a control character."""
+    return one_line(text, limit)
 
 
 # --- the task -------------------------------------------------------------------------------------
@@ -300,7 +301,11 @@ def _send_all(items: list[Item], settings: Settings, clock: Callable[[], dt.date
     digests: dict[str, list[Item]] = {}
     to_send: list[Item] = []
     for item in items:
-        held = _check(item, clock())
+        try:
+            held = _check(item, clock())
+        except Exception as error:  # noqa: BLE001  (one bad piece never stops the others: SPEC §16)
+            results.append(_broken(item, error, settings, clock()))
+            continue
         if held is not None:
             results.append(held)
         elif (item.delivery.channel == CHANNEL_EMAIL and item.delivery.kind != KIND_SLACK_UPDATE
@@ -325,7 +330,10 @@ def _send_all(items: list[Item], settings: Settings, clock: Callable[[], dt.date
         if deferred:
             results += deferred
             continue
-        sent = _send_digest(group, settings, clock, lease_until)
+        try:
+            sent = _send_digest(group, settings, clock, lease_until)
+        except Exception as error:  # noqa: BLE001
+            sent = [_broken(item, error, settings, clock()) for item in group]
         results += sent
         smtp_down = smtp_down or _down(sent, settings)
 
@@ -338,7 +346,7 @@ def _send_all(items: list[Item], settings: Settings, clock: Callable[[], dt.date
             if smtp_down:
                 results += waiting([item], smtp_down)
                 continue
-            result = _send_email(item, settings, clock, lease_until)
+            result = _isolated(_send_email, item, settings, clock, lease_until)
             results.append(result)
             smtp_down = smtp_down or _down([result], settings)
         else:
@@ -346,12 +354,39 @@ def _send_all(items: list[Item], settings: Settings, clock: Callable[[], dt.date
             if url in slack_down:
                 results += waiting([item], slack_down[url])
                 continue
-            result = _send_slack(item, url, settings, clock, lease_until)
+            result = _isolated(_send_slack, item, settings, clock, lease_until, url=url)
             results.append(result)
             down = _down([result], settings)
             if down:
                 slack_down[url] = down
     return results
+
+
+MAX_BROKEN_ATTEMPTS = 5  # a piece whose own work raises is tried this often, then failed (SPEC §16)
+
+
+def _isolated(send: Callable[..., Result], item: Item, settings: Settings, clock, lease_until: dt.datetime,
+              **more) -> Result:
+    """One piece of work; an exception in it (rendering a message, a channel's code) is that
+    piece's outcome, never the end of the batch or of the worker."""
+    try:
+        return send(item, settings, clock, lease_until, **more)
+    except Exception as error:  # noqa: BLE001
+        return _broken(item, error, settings, clock())
+
+
+def _broken(item: Item, error: Exception, settings: Settings, at: dt.datetime) -> Result:
+    """What an exception in one delivery's work comes to: recorded on it, retried with the
+    backoff as a temporary failure, and failed on its fifth attempt. Logged once per attempt
+    (each a backoff apart), with the traceback the first time."""
+    attempt = item.delivery.attempts + 1
+    why = _short(f"error while preparing or sending: {type(error).__name__}: {error}")
+    log.warning("notification %s (%s, %s) raised on attempt %s of %s: %s", item.delivery.id, item.delivery.channel,
+                item.delivery.kind, attempt, MAX_BROKEN_ATTEMPTS, why, exc_info=attempt == 1)
+    due = _backoff(item, settings, at) if attempt < MAX_BROKEN_ATTEMPTS else None
+    if due is None:
+        return Result(item, FAILED, at, f"{why} (no retries left)")
+    return Result(item, RETRY, at, why, due=due)
 
 
 def _down(results: list[Result], settings: Settings) -> tuple[str, dt.datetime] | None:
@@ -548,7 +583,7 @@ def _write_eml(message: EmailMessage, folder: str, stem: str) -> Outcome:
 
 # --- Slack ----------------------------------------------------------------------------------------
 
-def _send_slack(item: Item, url: str, settings: Settings, clock, lease_until: dt.datetime) -> Result:
+def _send_slack(item: Item, settings: Settings, clock, lease_until: dt.datetime, *, url: str) -> Result:
     at = clock()
     if item.delivery.kind == KIND_SLACK_UPDATE:
         body = messages.slack_settled(item.escalation, item.settings)

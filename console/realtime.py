@@ -21,6 +21,7 @@ from .hub import EventHub, current_hub, founder_key, job_key
 from .models import PENDING
 from .errors import NotFound
 from .services.escalations import Escalation, find_escalation, get_escalation
+from .text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +119,10 @@ def _event_stream(app: Flask, key: str, fetch, after: int, render) -> Iterator[s
                     try:
                         frames = read(last)
                     except DATABASE_ERRORS as error:
-                        log.warning("event stream %s ends: the database is not answering (%s)", key, error)
+                        log.warning("event stream %s ends: the database is not answering (%s)", one_line(key, 300), error)
                         return  # the client reconnects with Last-Event-ID
                     except Exception:
-                        log.exception("event stream %s failed", key)
+                        log.exception("event stream %s failed", one_line(key, 300))
                         return
                     for _, frame in frames:
                         yield frame

@@ -24,6 +24,7 @@ from . import outbound
 from .config import MAX_EVENT_PAYLOAD_BYTES
 from .errors import FieldError, ValidationFailed
 from .events import AGENT_EVENT_TYPES, ENVELOPE_KEYS, SERVER_OWNED_EVENT_TYPES
+from .text import CONTROL_OR_SEPARATOR
 
 MAX_OPTIONS = 10
 MAX_ATTEMPTS = 50
@@ -40,7 +41,7 @@ NoNul = AfterValidator(_no_nul)
 
 # SPEC §16: an identifier holds no C0/C1 control character and no line or paragraph separator,
 # so none can end a header line, forge a log line or break a Slack field.
-UNSAFE_IN_IDENTIFIERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+UNSAFE_IN_IDENTIFIERS = CONTROL_OR_SEPARATOR
 UNSAFE_IN_IDENTIFIERS_WORDS = "control characters (U+0000-U+001F, U+007F-U+009F) or line separators (U+2028, U+2029)"
 
 

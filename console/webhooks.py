@@ -48,6 +48,7 @@ from .models import (
     DELIVERY_CANCELLED, DELIVERY_DELIVERED, DELIVERY_FAILED, DELIVERY_PENDING, WebhookAttempt, WebhookDelivery,
     WebhookEndpoint, event_envelope,
 )
+from .text import one_line, origin
 from .worker import task
 
 log = logging.getLogger("console.webhooks")
@@ -230,6 +231,15 @@ def _send_all(claimed: list[Claimed], settings: Settings, clock, send_until: flo
     unreachable: set[int] = set()  # endpoints that timed out or refused in this batch
 
     def send(item: Claimed) -> Sent:
+        try:
+            return attempt(item)
+        except Exception as error:  # noqa: BLE001  (one bad piece never stops the others: SPEC §16)
+            log.warning("webhook delivery %s raised: %s: %s", item.delivery_id, type(error).__name__,
+                        one_line(error, 300), exc_info=item.attempt == 1)
+            return Sent(item, clock(), outbound.Outcome(None, one_line(f"error: {type(error).__name__}: {error}", 300),
+                                                        None, None, 0))
+
+    def attempt(item: Claimed) -> Sent:
         if time.monotonic() > send_until:
             return Sent(item, None, deferred_because="lease")
         if item.endpoint.id in unreachable:
@@ -335,6 +345,6 @@ def disable_endpoint(session, endpoint_id: int, reason: str, now: dt.datetime) -
     cancelled = session.execute(update(DELIVERIES).where(d.endpoint_id == endpoint_id, d.status == DELIVERY_PENDING)
                                 .values(status=DELIVERY_CANCELLED, locked_until=None)).rowcount
     log.warning("webhook endpoint %s (%s) disabled: %s; %d pending deliveries cancelled "
-                "(`flask --app console webhook enable %s` turns it back on)", endpoint_id, changed, reason,
+                "(`flask --app console webhook enable %s` turns it back on)", endpoint_id, origin(changed), one_line(reason, 300),
                 cancelled, endpoint_id)
     return True

@@ -37,6 +37,7 @@ from .events import NOTIFY_CHANNEL, SSEEventType, announce, record_event
 from .extensions import db
 from .models import BY_EXPIRY, EXPIRED, PENDING, RESOLVED, AgentEscalation, escalation_option, utcnow
 from .services import notifications as notification_service
+from .text import one_line
 
 log = logging.getLogger("console.worker")
 
@@ -76,6 +77,17 @@ class Worker:
         self.poll_seconds = float(poll_seconds if poll_seconds is not None else app.config["WORKER_POLL_SECONDS"])
         self.stopping = threading.Event()
         self.woken = threading.Event()  # set to tick now (an event was stored, or stop())
+        self.failing: dict[str, str] = {}  # task → what it last raised (logged once, until it changes)
+
+    def _task_failed(self, name: str, error: Exception) -> None:
+        """A task raised outside any one piece of its work: the other tasks go on this tick and
+        it is tried again at the next. Logged when the error first appears or changes, not
+        once per tick."""
+        said = one_line(f"{type(error).__name__}: {error}", 300)
+        if self.failing.get(name) != said:
+            self.failing[name] = said
+            log.error("task %s failed (%s); the other tasks go on, and it is tried again every tick",
+                      name, said, exc_info=error)
 
     def run_once(self) -> dict[str, int]:
         """Do everything that is due now, batch by batch; how many of each. The tasks take
@@ -90,7 +102,15 @@ class Worker:
                     for registered in busy:
                         if self.stopping.is_set():
                             break
-                        handled = registered.run(self.clock())
+                        try:
+                            handled = registered.run(self.clock())
+                        except DATABASE_ERRORS:
+                            raise  # an outage: run_forever reports it once and backs off
+                        except Exception as error:  # noqa: BLE001  (SPEC §16: never the end of the worker)
+                            db.session.rollback()
+                            self._task_failed(registered.name, error)
+                            continue
+                        self.failing.pop(registered.name, None)
                         done[registered.name] += handled
                         if handled >= registered.batch:
                             still_busy.append(registered)
@@ -270,7 +290,7 @@ def mark_reminders_due(now: dt.datetime) -> int:
         ).all()
         notification_service.enqueue_reminders([row.id for row in reminded], now)
     for escalation_id, founder_id in reminded:
-        log.info("reminder due for escalation %s (founder %s)", escalation_id, founder_id)
+        log.info("reminder due for escalation %s (founder %s)", escalation_id, one_line(founder_id, 255))
     return len(reminded)
 
 

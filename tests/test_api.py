@@ -156,10 +156,13 @@ def test_rs256_tokens_verify_with_the_configured_public_key(configured_app):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    client = configured_app(JWT_PUBLIC_KEY=public_pem).test_client()
+    client = configured_app(JWT_PUBLIC_KEY=public_pem, JWT_AUDIENCE="console").test_client()
     now = int(time.time())
-    token = jwt.encode({"sub": "f-rsa", "exp": now + 60, "iat": now}, key, algorithm="RS256")
+    token = jwt.encode({"sub": "f-rsa", "exp": now + 60, "iat": now, "aud": "console"}, key, algorithm="RS256")
     assert client.get("/api/escalations", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    # a token the identity provider issued for another app does not sign in here (SPEC §16)
+    elsewhere = jwt.encode({"sub": "f-rsa", "exp": now + 60, "iat": now, "aud": "another-app"}, key, algorithm="RS256")
+    assert client.get("/api/escalations", headers={"Authorization": f"Bearer {elsewhere}"}).status_code == 401
     # the public key used as an HMAC secret (algorithm confusion) is refused
     forged = jwt.encode({"sub": "f-rsa", "exp": now + 60}, "x" * 32, algorithm="HS256", headers={"alg": "HS256"})
     assert client.get("/api/escalations", headers={"Authorization": f"Bearer {forged}"}).status_code == 401

@@ -51,7 +51,7 @@ def test_beside_an_identity_provider_hs256_founder_tokens_are_not_implied(tmp_pa
                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     for database in (NOWHERE, f"sqlite:///{tmp_path / 'idp.db'}"):
         app = create_app({"SQLALCHEMY_DATABASE_URI": database, "SECRET_KEY": "k" * 32, "AGENT_TOKEN": "a" * 32,
-                          "JWT_PUBLIC_KEY": public_pem})
+                          "JWT_PUBLIC_KEY": public_pem, "JWT_AUDIENCE": "console"})
         try:
             assert not app.config["JWT_SECRET"], database  # none given, none generated
             from console.auth import verify_founder_token
@@ -59,7 +59,8 @@ def test_beside_an_identity_provider_hs256_founder_tokens_are_not_implied(tmp_pa
 
             with app.test_request_context():
                 now = int(time.time())
-                assert verify_founder_token(jwt.encode({"sub": "f", "exp": now + 60}, key, algorithm="RS256")) == "f"
+                assert verify_founder_token(jwt.encode({"sub": "f", "exp": now + 60, "aud": "console"}, key,
+                                                      algorithm="RS256")) == "f"
                 for secret in ("k" * 32, "a" * 32, "anything-at-all-" * 2):
                     with pytest.raises(Unauthorized):
                         verify_founder_token(jwt.encode({"sub": "f", "exp": now + 60}, secret, algorithm="HS256"))

@@ -18,6 +18,7 @@ from ..schemas import (
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
 from ..services import memory as memory_service
+from ..stream_slots import stream_slot
 from ..services import notifications as notification_service
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -74,7 +75,9 @@ def json_response(body: bytes, status: int = 200) -> Response:
 def get_escalation(escalation_id: str):
     wait = query(EscalationQuery).wait
     if wait:
-        return json_response(escalation_json_bytes(realtime.wait_until_settled(escalation_id, g.principal, wait)))
+        with stream_slot():
+            settled = realtime.wait_until_settled(escalation_id, g.principal, wait)
+        return json_response(escalation_json_bytes(settled))
     return json_response(escalation_service.escalation_json(escalation_id, g.principal))
 
 

@@ -33,6 +33,7 @@ from ..services import login_links
 from ..services import memory as memory_service
 from ..services import notifications as notification_service
 from ..services.notifications import notification_timezones, settings_form_document
+from ..stream_slots import held_stream
 
 bp = Blueprint("pages", __name__)
 
@@ -295,7 +296,7 @@ def inbox_live() -> Response:
     render = functools.partial(console_frame, founder_id, page="inbox", in_project=params.project,
                                in_job=params.job, view=params.view or "full")
     frames = founder_event_stream(current_app._get_current_object(), founder_id, resume_point(), render)
-    return sse_response(stream_with_context(frames))
+    return sse_response(held_stream(stream_with_context(frames)))
 
 
 @bp.get("/jobs/<job_id>/live")
@@ -305,7 +306,7 @@ def job_live(job_id: str) -> Response:
         raise NotFound(f"There is no job {job_id!r}.")
     render = functools.partial(console_frame, current_founder_id(), page="job")
     frames = job_event_stream(current_app._get_current_object(), job_id, resume_point(), render)
-    return sse_response(stream_with_context(frames))
+    return sse_response(held_stream(stream_with_context(frames)))
 
 
 bp.add_app_template_filter(duration, "duration")

@@ -9,6 +9,7 @@ from ..inputs import ascii_int
 from ..realtime import job_event_stream
 from ..schemas import StreamQuery, parse
 from ..services.jobs import job_visible_to
+from ..stream_slots import held_stream
 
 bp = Blueprint("stream", __name__)
 
@@ -37,4 +38,4 @@ def job_events(job_id: str):
     after = resume_point()
     if not job_visible_to(job_id, g.principal):
         raise NotFound(f"There is no job {job_id!r}.")
-    return sse_response(job_event_stream(current_app._get_current_object(), job_id, after))
+    return sse_response(held_stream(job_event_stream(current_app._get_current_object(), job_id, after)))

@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 from ..auth import AGENT, Principal
 from ..database import fetch_one, read_rows, read_text_rows, write_transaction
-from ..errors import Conflict, FieldError, NotFound, ValidationFailed
+from ..errors import Conflict, FieldError, NotFound, TooManyRequests, ValidationFailed
 from ..events import NOTIFY_CHANNEL, SSEEventType, announce, record_event
 from ..extensions import db
 from ..models import (
@@ -83,6 +83,7 @@ def create_escalation(job_id: str, data: EscalationCreate, *,
     )
     with write_transaction():
         claim_job(job_id, data.founder_id, data.project_id)
+        _check_room_in_job(job_id, signature)
         escalation = db.session.execute(upsert).one()
         created = escalation.id == new_id
         if created:
@@ -99,6 +100,31 @@ def create_escalation(job_id: str, data: EscalationCreate, *,
             if escalation.status == PENDING:  # a rule's answer is never notified (SPEC §11)
                 notifications.enqueue_question(escalation, now)
     return escalation, created
+
+
+_PENDING_IN_JOB = text("SELECT count(*) FROM agent_escalations WHERE job_id = :job_id AND status = 'pending'")
+_PENDING_TWIN = text("SELECT 1 FROM agent_escalations WHERE job_id = :job_id AND error_signature = :signature "
+                     "AND status = 'pending'")
+_LOCK_JOB = text("SELECT 1 FROM jobs WHERE id = :job_id FOR UPDATE")
+ROOM_RETRY_AFTER = 60  # seconds: a founder answers, or the agent withdraws a question
+
+
+def _check_room_in_job(job_id: str, signature: str) -> None:
+    """Inside the create's transaction: at most CONSOLE_MAX_PENDING_PER_JOB pending questions
+    per job (SPEC §16); a duplicate of a pending one is still an occurrence. On PostgreSQL the
+    job's row is locked first, so concurrent creates in one job count one after the other."""
+    limit = current_app.config["MAX_PENDING_PER_JOB"]
+    params = {"job_id": job_id, "signature": signature}
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(_LOCK_JOB, params)
+    if db.session.execute(_PENDING_IN_JOB, params).scalar_one() < limit:
+        return
+    if db.session.execute(_PENDING_TWIN, params).first() is not None:
+        return
+    raise TooManyRequests(
+        f"Job {job_id!r} already has {limit} questions waiting for the founder (CONSOLE_MAX_PENDING_PER_JOB): "
+        "wait for answers, or withdraw a question with POST /api/escalations/{id}/skip, before asking another.",
+        retry_after=ROOM_RETRY_AFTER)
 
 
 def _settle_by_rule(escalation: Escalation, rule: Row, now: dt.datetime) -> Escalation:
