@@ -358,6 +358,10 @@ class HealthResponse(BaseModel):
 
 class JobEscalationsQuery(BaseModel):
     status: Status | None = None
+    limit: int = Field(100, ge=1, le=500, description="At most this many, newest first; a further page is "
+                                                       "announced by a Link header with rel=\"next\"")
+    cursor: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        None, description="The cursor of the Link header's next page")
 
 
 class InboxQuery(BaseModel):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, g, json, jsonify, request
+from flask import Blueprint, Response, g, json, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from .. import realtime
@@ -85,7 +85,14 @@ def get_escalation(escalation_id: str):
 @api_auth()
 def list_job_escalations(job_id: str):
     params = query(JobEscalationsQuery)
-    return json_response(escalation_service.job_escalations_json(job_id, g.principal, params.status))
+    body, next_cursor = escalation_service.job_escalations_json(job_id, g.principal, params.status,
+                                                               limit=params.limit, cursor=params.cursor)
+    resp = json_response(body)
+    if next_cursor is not None:  # RFC 8288: the body stays part one's bare list
+        following = url_for("api.list_job_escalations", job_id=job_id, status=params.status, limit=params.limit,
+                            cursor=next_cursor)
+        resp.headers["Link"] = f'<{following}>; rel="next"'
+    return resp
 
 
 @bp.post("/jobs/<job_id>/escalations")

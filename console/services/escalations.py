@@ -204,24 +204,41 @@ def get_escalation(escalation_id: str | uuid.UUID, principal: Principal) -> Esca
 
 
 @functools.cache
-def _job_escalations_query(dialect: str, of_founder: bool, with_status: bool) -> Select:
-    """Built once per shape (a hot path): bound by job_id [, founder_id] [, status]."""
+def _job_escalations_query(dialect: str, of_founder: bool, with_status: bool, paged: bool = False) -> Select:
+    """Built once per shape (a hot path): bound by job_id [, founder_id] [, status]
+    [, after_created_at, after_id, fetch]."""
+    columns = ESCALATIONS.c
     query = (select(ESCALATIONS, memory.previous_decision_column())
-             .where(ESCALATIONS.c.job_id == bindparam("job_id")))
+             .where(columns.job_id == bindparam("job_id")))
     if of_founder:
-        query = query.where(ESCALATIONS.c.founder_id == bindparam("founder_id"))
+        query = query.where(columns.founder_id == bindparam("founder_id"))
     if with_status:
-        query = query.where(ESCALATIONS.c.status == bindparam("status"))
-    return query.order_by(ESCALATIONS.c.created_at.desc(), ESCALATIONS.c.id.desc())
+        query = query.where(columns.status == bindparam("status"))
+    if paged:
+        query = query.where(tuple_(columns.created_at, columns.id)
+                            < tuple_(bindparam("after_created_at", type_=columns.created_at.type),
+                                     bindparam("after_id", type_=columns.id.type))).limit(bindparam("fetch"))
+    return query.order_by(columns.created_at.desc(), columns.id.desc())
 
 
-def list_job_escalations(job_id: str, principal: Principal, status: str | None = None) -> list[Escalation]:
-    """A job's escalations, newest first ([] for an unknown or foreign job). Everything
+FAR_FUTURE = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)  # a first page's keyset: before everything
+LAST_ID = uuid.UUID(int=2**128 - 1)
+
+
+def list_job_escalations(job_id: str, principal: Principal, status: str | None = None, *,
+                         limit: int | None = None, cursor: str | None = None) -> list[Escalation]:
+    """A job's escalations, newest first ([] for an unknown or foreign job); with `limit`, at
+    most limit + 1 from `cursor` on (the extra row says another page follows). Everything
     but the orchestrator sees only its founder's (`Principal.sees`, in SQL)."""
     if not possible_job_id(job_id) or not principal.sees_job(job_id):
         return []
-    query = _job_escalations_query(db.engine.dialect.name, not principal.is_orchestrator, bool(status))
-    return read_rows(query, {"job_id": job_id, "founder_id": principal.founder_id, "status": status})
+    paged = limit is not None
+    query = _job_escalations_query(db.engine.dialect.name, not principal.is_orchestrator, bool(status), paged)
+    params = {"job_id": job_id, "founder_id": principal.founder_id, "status": status}
+    if paged:
+        after_created_at, after_id = decode_cursor(cursor) if cursor else (FAR_FUTURE, LAST_ID)
+        params.update(after_created_at=after_created_at, after_id=after_id, fetch=limit + 1)
+    return read_rows(query, params)
 
 
 def escalation_json(escalation_id: str | uuid.UUID, principal: Principal) -> bytes:
@@ -236,13 +253,20 @@ def escalation_json(escalation_id: str | uuid.UUID, principal: Principal) -> byt
     return escalation_json_bytes(get_escalation(escalation_id, principal))
 
 
-def job_escalations_json(job_id: str, principal: Principal, status: str | None = None) -> bytes:
-    """The API's JSON list of a job's escalations, newest first ([] for an unknown or foreign job)."""
+def job_escalations_json(job_id: str, principal: Principal, status: str | None = None, *, limit: int = 100,
+                         cursor: str | None = None) -> tuple[bytes, str | None]:
+    """A page of the API's JSON list of a job's escalations, newest first ([] for an unknown or
+    foreign job), and the cursor of the next page (None on the last; SPEC §16)."""
     if not possible_job_id(job_id) or not principal.sees_job(job_id):
-        return b"[]"
+        return b"[]", None
+    after = decode_cursor(cursor) if cursor else (FAR_FUTURE, LAST_ID)
     if db.engine.dialect.name == "postgresql":
-        return json_reads.job_escalations_document(job_id, principal, status)
-    return escalation_list_json_bytes(list_job_escalations(job_id, principal, status))
+        document, last = json_reads.job_escalations_page(job_id, principal, status, after, limit)
+        return document, (encode_cursor(last) if last is not None else None)
+    rows = list_job_escalations(job_id, principal, status, limit=limit, cursor=cursor)
+    if len(rows) > limit:
+        return escalation_list_json_bytes(rows[:limit]), encode_cursor(rows[limit - 1])
+    return escalation_list_json_bytes(rows), None
 
 
 def encode_cursor(escalation: Escalation) -> str:

@@ -8,8 +8,10 @@ On SQLite, and for everything else, the services read rows and `schemas` seriali
 """
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import text
@@ -64,14 +66,24 @@ _ONE = text(f"SELECT {document_sql('e')}::text AS document, e.founder_id, e.job_
 
 
 @functools.cache
-def _job_list(of_founder: bool, with_status: bool):
-    where = ["e.job_id = :job_id"]
+def _job_page(of_founder: bool, with_status: bool):
+    """A page of a job's documents (keyset: before :after_created_at, :after_id; at most :limit),
+    how many rows were read (:limit + 1 means another page follows), and the page's last row."""
+    where = ["e.job_id = :job_id", "(e.created_at, e.id) < (:after_created_at, :after_id)"]
     if of_founder:
         where.append("e.founder_id = :founder_id")
     if with_status:
         where.append("e.status = :status")
-    return text(f"SELECT coalesce(json_agg({document_sql('e')} ORDER BY e.created_at DESC, e.id DESC), '[]')::text "
-                f"FROM agent_escalations AS e WHERE {' AND '.join(where)}")
+    return text(compact(f"""
+        WITH page AS (
+            SELECT e.*, row_number() OVER (ORDER BY e.created_at DESC, e.id DESC) AS n
+              FROM agent_escalations AS e WHERE {' AND '.join(where)}
+             ORDER BY e.created_at DESC, e.id DESC LIMIT :limit + 1)
+        SELECT coalesce(json_agg({document_sql('page')} ORDER BY page.n) FILTER (WHERE page.n <= :limit),
+                        '[]')::text,
+               count(*), max(page.created_at) FILTER (WHERE page.n = :limit),
+               max(page.id::text) FILTER (WHERE page.n = :limit)
+          FROM page"""))
 
 
 def escalation_document(escalation_id: uuid.UUID, principal: Principal) -> bytes | None:
@@ -83,8 +95,13 @@ def escalation_document(escalation_id: uuid.UUID, principal: Principal) -> bytes
     return document.encode() if principal.sees(founder_id, job_id) else None
 
 
-def job_escalations_document(job_id: str, principal: Principal, status: str | None) -> bytes:
-    """The API's JSON list of a job's escalations, newest first (the caller's only)."""
-    query = _job_list(not principal.is_orchestrator, bool(status))
-    params: dict[str, Any] = {"job_id": job_id, "founder_id": principal.founder_id, "status": status}
-    return fetch_one(query, params)[0].encode()
+def job_escalations_page(job_id: str, principal: Principal, status: str | None, after: tuple[dt.datetime, uuid.UUID],
+                         limit: int) -> tuple[bytes, SimpleNamespace | None]:
+    """A page of the API's JSON list of a job's escalations, newest first (the caller's only),
+    and its last row's (created_at, id) when another page follows."""
+    query = _job_page(not principal.is_orchestrator, bool(status))
+    params: dict[str, Any] = {"job_id": job_id, "founder_id": principal.founder_id, "status": status,
+                              "after_created_at": after[0], "after_id": after[1], "limit": limit}
+    document, read, last_created_at, last_id = fetch_one(query, params)
+    last = SimpleNamespace(created_at=last_created_at, id=uuid.UUID(last_id)) if read > limit else None
+    return document.encode(), last
