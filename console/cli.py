@@ -76,10 +76,19 @@ def register(app: Flask) -> None:
     @app.cli.command("demo")
     @click.option("--founder", "founder_id", default=DEMO_FOUNDER, show_default=True,
                   help="The founder who owns the demo jobs.")
-    def demo(founder_id: str) -> None:
-        """Fill the database with realistic demo data and print a sign-in link."""
+    @click.option("--yes", is_flag=True, help="Write demo data into a PostgreSQL database (a production one, perhaps).")
+    def demo(founder_id: str, yes: bool) -> None:
+        """Fill the database with realistic demo data and print a sign-in link. On PostgreSQL,
+        only with --yes: demo questions in a production database would reach real founders'
+        inboxes and channels."""
         from .demo import load_demo_data  # noqa: PLC0415
+        from .extensions import db  # noqa: PLC0415
         from .routes.pages import make_login_link  # noqa: PLC0415
+
+        if db.engine.dialect.name != "sqlite" and not yes:
+            shown = db.engine.url.render_as_string(hide_password=True)
+            raise click.ClickException(f"This would write demo data into {shown}. The demo is for the embedded "
+                                       "SQLite database; to load it into this one anyway, run it again with --yes.")
 
         summary = load_demo_data(founder_id)
         click.echo(f"Demo data for {founder_id}: {summary}.")

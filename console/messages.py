@@ -254,6 +254,25 @@ def slack_question(escalation: Any, kind: str, settings: Any, *, interactive: bo
     }
 
 
+def slack_summary(items: list[tuple[Any, str]], settings: Any) -> dict[str, Any]:
+    """Past the hourly cap (SPEC §16): the rest of the hour's questions in one message, each a
+    line, with one plain link to the console (no option buttons: the founder answers there)."""
+    count = len(items)
+    heading = f"{count} more questions are waiting for you" if count > 1 else "One more question is waiting for you"
+    lines = [one_line(f"[{escalation.project_id}] " + ("Reminder: " if kind == KIND_REMINDER else "")
+                      + first_line(escalation.plain_english_problem)) for escalation, kind in items]
+    shown = lines[:20] + ([f"… and {count - 20} more"] if count > 20 else [])
+    return {
+        "text": slack_escape(f"{heading} (more than your hourly limit of messages)"),
+        "blocks": [
+            {"type": "header", "text": _plain(heading, 150)},
+            {"type": "section", "text": _plain("\n".join(f"• {line}" for line in shown), 3000)},
+            {"type": "actions", "elements": [{"type": "button", "text": _plain("Open the console", 75),
+                                              "action_id": "open", "url": service.inbox_link()}]},
+        ],
+    }
+
+
 def slack_settled(escalation: Any, settings: Any, note: str | None = None) -> dict[str, Any]:
     """The message once answered: the question without its buttons, and what became of it."""
     outcome = note or settled_text(escalation)

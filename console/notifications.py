@@ -50,13 +50,13 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app
-from sqlalchemy import bindparam, insert, or_, select, text, update
+from sqlalchemy import bindparam, func, insert, or_, select, text, update
 
 from . import messages, outbound
 from .database import read_rows, write_transaction
 from .extensions import db
 from .models import (
-    CHANNEL_EMAIL, EMAIL_DIGEST, EMAIL_OFF, KIND_SLACK_UPDATE, NOTIFY_FAILED, NOTIFY_PENDING,
+    CHANNEL_EMAIL, CHANNEL_SLACK, EMAIL_DIGEST, EMAIL_OFF, KIND_SLACK_UPDATE, NOTIFY_FAILED, NOTIFY_PENDING,
     NOTIFY_SENDING, NOTIFY_SENT, NOTIFY_SKIPPED, NOTIFY_UNKNOWN, PENDING, AgentEscalation, NotificationAttempt,
     NotificationDelivery, NotificationSettings,
 )
@@ -120,6 +120,7 @@ class Settings:
     mail_dir: str
     interactive: bool  # CONSOLE_SLACK_SIGNING_SECRET is set: Slack buttons decide in place
     helo_name: str
+    max_per_hour: int  # CONSOLE_MAX_MESSAGES_PER_HOUR, per founder and channel (SPEC §16)
 
     @classmethod
     def of(cls, app: Flask) -> "Settings":
@@ -139,6 +140,7 @@ class Settings:
             mail_dir=str(config.get("MAIL_DIR") or os.path.join(app.instance_path, "mail")),
             interactive=bool(config.get("SLACK_SIGNING_SECRET")),
             helo_name=urlsplit(str(config["BASE_URL"])).hostname or "localhost",
+            max_per_hour=int(config["MAX_MESSAGES_PER_HOUR"]),
         )
 
 
@@ -313,6 +315,10 @@ def _send_all(items: list[Item], settings: Settings, clock: Callable[[], dt.date
             digests.setdefault(item.delivery.founder_id, []).append(item)
         else:
             to_send.append(item)
+    to_send, over_cap = _within_hourly_cap(to_send, settings, clock())
+    results += over_cap.pop("held", [])
+    for item in over_cap.pop(CHANNEL_EMAIL, []):  # past the cap, e-mail goes into the (hourly) digest
+        digests.setdefault(item.delivery.founder_id, []).append(item)
 
     smtp_down: tuple[str, dt.datetime] | None = None  # why, and until when the e-mails wait
     slack_down: dict[str, tuple[str, dt.datetime]] = {}
@@ -359,7 +365,67 @@ def _send_all(items: list[Item], settings: Settings, clock: Callable[[], dt.date
             down = _down([result], settings)
             if down:
                 slack_down[url] = down
+
+    for (founder_id, url), group in over_cap.get(CHANNEL_SLACK, {}).items():
+        deferred = lease_short(group) or (waiting(group, slack_down[url]) if url in slack_down else None)
+        if deferred:
+            results += deferred
+            continue
+        try:
+            results += _send_slack_summary(group, url, settings, clock, lease_until)
+        except Exception as error:  # noqa: BLE001
+            results += [_broken(item, error, settings, clock()) for item in group]
     return results
+
+
+def _within_hourly_cap(items: list[Item], settings: Settings, at: dt.datetime):
+    """SPEC §16: at most CONSOLE_MAX_MESSAGES_PER_HOUR messages per founder and channel in any
+    hour (a digest or a summary counts as one; the founder's own Slack clicks are not counted).
+    The items that still fit, oldest first, and the rest: {"email": [items]} (they go into the
+    digest, which goes out at most once an hour) and {"slack": {(founder, url): [items]}} (one
+    summary message when exactly the cap was sent this hour; later, after the hour)."""
+    counted = [item for item in items if item.delivery.kind != KIND_SLACK_UPDATE]
+    if not counted:
+        return items, {}
+    sent = _sent_in_the_last_hour({item.delivery.founder_id for item in counted}, at)
+    fits: list[Item] = []
+    email_over: list[Item] = []
+    slack_over: dict[tuple[str, str], list[Item]] = {}
+    for item in sorted(items, key=lambda i: (i.delivery.created_at, i.delivery.id)):
+        if item.delivery.kind == KIND_SLACK_UPDATE:
+            fits.append(item)
+            continue
+        key = (item.delivery.founder_id, item.delivery.channel)
+        count, oldest = sent.get(key, (0, None))
+        if count < settings.max_per_hour:
+            sent[key] = (count + 1, oldest or at)
+            fits.append(item)
+        elif item.delivery.channel == CHANNEL_EMAIL:
+            email_over.append(item)
+        elif count == settings.max_per_hour:
+            slack_over.setdefault((item.delivery.founder_id, item.settings.slack_webhook_url), []).append(item)
+        else:  # this hour's summary went out already: the rest waits until the hour has room again
+            slack_over.setdefault(("", ""), []).append(item)
+    held = slack_over.pop(("", ""), [])
+    over: dict[str, Any] = {CHANNEL_EMAIL: email_over, CHANNEL_SLACK: slack_over}
+    if held:
+        over["held"] = [Result(item, POSTPONED, at, f"over the hourly limit of {settings.max_per_hour} Slack "
+                                                    "messages: in the next summary",
+                               due=(sent[(item.delivery.founder_id, CHANNEL_SLACK)][1] or at) + dt.timedelta(hours=1))
+                        for item in held]
+    return fits, over
+
+
+def _sent_in_the_last_hour(founder_ids: set[str], at: dt.datetime) -> dict[tuple[str, str], tuple[int, dt.datetime]]:
+    """(founder, channel) → (messages sent in the hour before `at`, the oldest of them). A
+    digest's deliveries share one sent_at: one message."""
+    d = DELIVERIES.c
+    rows = read_rows(
+        select(d.founder_id, d.channel, func.count(d.sent_at.distinct()), func.min(d.sent_at))
+        .where(d.founder_id.in_(founder_ids), d.status == NOTIFY_SENT, d.sent_at > at - dt.timedelta(hours=1),
+               d.kind != KIND_SLACK_UPDATE)
+        .group_by(d.founder_id, d.channel))
+    return {(founder_id, channel): (count, oldest) for founder_id, channel, count, oldest in rows}
 
 
 MAX_BROKEN_ATTEMPTS = 5  # a piece whose own work raises is tried this often, then failed (SPEC §16)
@@ -597,6 +663,23 @@ def _send_slack(item: Item, settings: Settings, clock, lease_until: dt.datetime,
                            {"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT},
                            timeout=settings.timeout, allow_private=settings.allow_private)
     return _result(item, slack_outcome(posted), settings, at, target)
+
+
+def _send_slack_summary(group: list[Item], url: str, settings: Settings, clock, lease_until: dt.datetime) -> list[Result]:
+    """Past the hourly cap: the rest of the hour's questions in one Slack message."""
+    at = clock()
+    group = sorted(group, key=lambda item: (item.delivery.created_at, item.delivery.id))
+    body = messages.slack_summary([(item.escalation, item.delivery.kind) for item in group], group[0].settings)
+    target = service.redact_url(url)
+    if not _mark_sending([item.delivery.id for item in group], lease_until):
+        return [_result(item, Outcome(DEFERRED, "not sent: the lease was lost"), settings, at, target) for item in group]
+    posted = outbound.post(url, json.dumps(body, ensure_ascii=False).encode(),
+                           {"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT},
+                           timeout=settings.timeout, allow_private=settings.allow_private)
+    outcome = slack_outcome(posted)
+    labelled = dataclasses.replace(outcome, outcome=f"{outcome.outcome} (a summary of {len(group)}: over the "
+                                                    f"hourly limit of {settings.max_per_hour})")
+    return [_result(item, labelled, settings, at, target) for item in group]
 
 
 def slack_outcome(posted: outbound.Outcome) -> Outcome:

@@ -281,6 +281,10 @@ def read_unsubscribe(token: str) -> str | None:
     return founder_id if isinstance(founder_id, str) and founder_id else None
 
 
+def inbox_link() -> str:
+    return f"{_base_url()}/"
+
+
 def settings_link() -> str:
     return f"{_base_url()}/settings"
 
