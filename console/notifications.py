@@ -331,18 +331,6 @@ def _send_all(items: list[Item], settings: Settings, clock: Callable[[], dt.date
             return [Result(item, DEFERRED, clock(), "waiting for the next batch", due=clock()) for item in group]
         return None
 
-    for founder_id, group in digests.items():
-        deferred = lease_short(group) or (waiting(group, smtp_down) if smtp_down else None)
-        if deferred:
-            results += deferred
-            continue
-        try:
-            sent = _send_digest(group, settings, clock, lease_until)
-        except Exception as error:  # noqa: BLE001
-            sent = [_broken(item, error, settings, clock()) for item in group]
-        results += sent
-        smtp_down = smtp_down or _down(sent, settings)
-
     for item in to_send:
         deferred = lease_short([item])
         if deferred:
@@ -365,6 +353,18 @@ def _send_all(items: list[Item], settings: Settings, clock: Callable[[], dt.date
             down = _down([result], settings)
             if down:
                 slack_down[url] = down
+
+    for founder_id, group in digests.items():
+        deferred = lease_short(group) or (waiting(group, smtp_down) if smtp_down else None)
+        if deferred:
+            results += deferred
+            continue
+        try:
+            sent = _send_digest(group, settings, clock, lease_until)
+        except Exception as error:  # noqa: BLE001
+            sent = [_broken(item, error, settings, clock()) for item in group]
+        results += sent
+        smtp_down = smtp_down or _down(sent, settings)
 
     for (founder_id, url), group in over_cap.get(CHANNEL_SLACK, {}).items():
         deferred = lease_short(group) or (waiting(group, slack_down[url]) if url in slack_down else None)

@@ -32,7 +32,7 @@ from sqlalchemy import select, update
 from conftest import AGENT_TOKEN, DEFAULT_OPTIONS, dispose, free_port, make_app, migrated_database, mint_jwt
 from console.database import read_rows, write_transaction
 from console.extensions import db
-from console.models import NotificationAttempt, NotificationDelivery, utcnow
+from console.models import AgentEscalation, NotificationAttempt, NotificationDelivery, utcnow
 from console.services import notifications as service
 from console.worker import Worker
 
@@ -866,3 +866,86 @@ def test_a_worker_process_killed_during_the_data_leaves_one_message_and_an_unkno
     assert delivery.status == "unknown"
     run(app, later(hours=1))
     assert len(mailbox.to(founder.address)) == 1
+
+
+# --- trust (SPEC §16): one line per header, a bounded number of messages --------------------------------
+
+def test_a_stored_identifier_with_line_breaks_still_makes_a_one_line_subject(app, founder, mailbox):
+    """Identifiers with control characters are refused at the API now; a row stored before
+    that (or by another path) still cannot add a header or stop the worker."""
+    founder.settings(email=founder.address)
+    escalation = founder.escalate(plain_english_problem="Checkout\tfails\x1b[31m today.\nSecond line.")
+    with app.app_context():
+        with write_transaction() as session:
+            session.execute(update(AgentEscalation.__table__).where(AgentEscalation.__table__.c.id == uuid.UUID(escalation["id"]))
+                            .values(project_id="p\r\nBcc: x@evil.example"))
+    run(app)
+    [received] = mailbox.to(founder.address)
+    assert received.rcpt_tos == [founder.address]
+    message = received.message
+    assert message["Bcc"] is None and "evil.example" not in "".join(f"{k}: {v}" for k, v in message.items()
+                                                                     if k != "Subject")
+    assert header(message, "Subject") == "[p Bcc: x@evil.example] Checkout fails [31m today."
+
+
+def test_past_the_hourly_cap_email_is_folded_into_one_digest(app, founder, mailbox):
+    app.config["MAX_MESSAGES_PER_HOUR"] = 2
+    founder.settings(email=founder.address)
+    for n in range(4):
+        founder.escalate(plain_english_problem=f"Question number {n}.")
+    at = utcnow()
+    run(app, at)
+    received = mailbox.to(founder.address)
+    assert len(received) == 3  # two messages, then one digest of the rest of the hour
+    subjects = [header(r.message, "Subject") for r in received]
+    assert subjects[:2] == [f"[{founder.project_id}] Question number 0.", f"[{founder.project_id}] Question number 1."]
+    assert subjects[2] == f"[{founder.project_id}] 2 questions are waiting for you"
+    founder.escalate(plain_english_problem="Question number 4.")
+    run(app, at + dt.timedelta(minutes=5))
+    assert len(mailbox.to(founder.address)) == 3  # the hour's digest went out: the next one waits
+    [waiting] = [d for d in founder.deliveries() if d.status == "pending"]
+    assert waiting.outcome.startswith("in the next digest")
+
+
+def test_past_the_hourly_cap_slack_gets_one_summary_then_waits(app, founder, slack):
+    app.config["MAX_MESSAGES_PER_HOUR"] = 1
+    path = _slack_settings(founder, slack)
+    for n in range(3):
+        founder.escalate(plain_english_problem=f"Slack question {n}.")
+    at = utcnow()
+    run(app, at)
+    first, summary = slack.at(path)
+    assert first["text"].endswith("Slack question 0.")
+    assert summary["text"] == "2 more questions are waiting for you (more than your hourly limit of messages)"
+    lines = summary["blocks"][1]["text"]["text"]
+    assert "Slack question 1." in lines and "Slack question 2." in lines
+    assert summary["blocks"][2]["elements"][0]["url"] == f"{BASE_URL}/"  # a plain console link
+    founder.escalate(plain_english_problem="Slack question 3.")
+    run(app, at + dt.timedelta(minutes=1))
+    assert len(slack.at(path)) == 2
+    [held] = [d for d in founder.deliveries() if d.status == "pending"]
+    assert "over the hourly limit of 1 Slack messages" in held.outcome
+    run(app, at + dt.timedelta(minutes=62))  # the hour has room again
+    assert slack.at(path)[-1]["text"].endswith("Slack question 3.")
+
+
+def test_a_delivery_whose_rendering_raises_is_retried_then_failed_and_the_others_go_on(app, founder, mailbox):
+    app.config["NOTIFY_RETRY_SCHEDULE"] = "1,1,1,1,1,1,1"
+    founder.settings(email=founder.address)
+    broken = founder.escalate(plain_english_problem="This one cannot be rendered.")
+    with app.app_context():
+        with write_transaction() as session:  # a row no renderer expects (options a JSON string)
+            session.execute(update(AgentEscalation.__table__)
+                            .where(AgentEscalation.__table__.c.id == uuid.UUID(broken["id"])).values(options="oops"))
+    fine = founder.escalate(plain_english_problem="This one is fine.")
+    at = utcnow() + dt.timedelta(seconds=1)
+    for step in range(7):
+        run(app, at + dt.timedelta(seconds=2 * step))
+    assert [header(r.message, "Subject") for r in mailbox.to(founder.address)] == [
+        f"[{founder.project_id}] This one is fine."]
+    by_escalation = {str(d.escalation_id): d for d in founder.deliveries()}
+    failed = by_escalation[broken["id"]]
+    assert failed.status == "failed" and failed.attempts == 5 and "no retries left" in failed.outcome
+    assert by_escalation[fine["id"]].status == "sent"
+    outcomes = [a.outcome for a in founder.attempts() if a.delivery_id == failed.id]
+    assert len(outcomes) == 5 and all(o.startswith("error while preparing or sending: TypeError") for o in outcomes)
