@@ -265,3 +265,73 @@ def test_the_second_occurrence_of_a_remembered_error_is_answered_in_the_create(f
         output, _ = second.communicate(timeout=60)
     assert second.returncode == 0, output
     assert "answered at once (rule), no waiting" in output and "skipping payments" in output
+
+
+def test_a_piece_whose_rendering_raises_never_stops_the_worker_nor_the_others(fresh_url, tmp_path):
+    """SPEC §16: the real worker process is fed a delivery whose message cannot be rendered (its
+    question's options are not a list): that delivery is recorded, retried and failed on its
+    fifth attempt, and meanwhile another founder's mail goes out and a deadline is kept."""
+    from sqlalchemy import select, update
+
+    from console.extensions import db
+    from console.models import AgentEscalation, NotificationAttempt, NotificationDelivery
+
+    mail_dir = tmp_path / "mail"
+    app = make_app(fresh_url)
+    client = app.test_client()
+    agent = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+
+    def ask(founder: str, problem: str, **fields) -> str:
+        resp = client.post(f"/api/jobs/job-{founder}/escalations", headers=agent, json={
+            "session_id": "s", "project_id": "p", "founder_id": founder, "error_type": "E",
+            "plain_english_problem": problem, "recommended_action": "Skip it.",
+            "options": [{"value": "skip_feature", "label": "Skip", "recommended": True}],
+            "error_signature": f"sig-{uuid.uuid4().hex}", **fields})
+        assert resp.status_code == 201, resp.get_json()
+        return resp.get_json()["id"]
+
+    try:
+        for founder in ("founder-broken", "founder-fine"):
+            resp = client.put("/api/me/settings", json={"email": f"{founder}@example.com"},
+                              headers={"Authorization": f"Bearer {mint_jwt(founder)}"})
+            assert resp.status_code == 200
+        broken = ask("founder-broken", "This question cannot be rendered.")
+        with app.app_context():
+            db.session.execute(update(AgentEscalation).where(AgentEscalation.id == uuid.UUID(broken))
+                               .values(options="not a list"))
+            db.session.commit()
+            db.session.remove()
+        worker = WorkerProcess(fresh_url, CONSOLE_NOTIFY_RETRY_SCHEDULE="0.3,0.3,0.3,0.3,0.3,0.3",
+                               CONSOLE_MAIL_DIR=str(mail_dir))
+        try:
+            ask("founder-fine", "This question is fine.")
+            deadline_kept = ask("founder-other", "Nobody answers this one.", expires_in=1)
+
+            def state():
+                with app.app_context():
+                    rows = db.session.execute(select(NotificationDelivery.escalation_id, NotificationDelivery.status,
+                                                     NotificationDelivery.attempts)).all()
+                    expiry = db.session.get(AgentEscalation, uuid.UUID(deadline_kept)).status
+                    db.session.remove()
+                return {str(e): (s, a) for e, s, a in rows}, expiry
+
+            assert wait_until(lambda: state()[0].get(broken, ("", 0))[0] == "failed" and state()[1] == "resolved",
+                              timeout=60), (state(), worker.text())
+            assert worker.process.poll() is None, worker.text()  # still running
+            deliveries, _ = state()
+            assert deliveries[broken] == ("failed", 5)
+            assert [p.name for p in mail_dir.glob("*.eml") if "founder-fine" in p.read_text()]
+            assert not [p for p in mail_dir.glob("*.eml") if "cannot be rendered" in p.read_text()]
+            with app.app_context():
+                outcomes = db.session.scalars(
+                    select(NotificationAttempt.outcome).join(NotificationDelivery,
+                                                             NotificationDelivery.id == NotificationAttempt.delivery_id)
+                    .where(NotificationDelivery.escalation_id == uuid.UUID(broken))).all()
+                db.session.remove()
+            assert len(outcomes) == 5 and all("TypeError" in o for o in outcomes)
+        finally:
+            assert worker.stop() == 0
+        log = worker.final_text
+        assert log.count("raised on attempt") == 5 and log.count("Traceback") == 1, log
+    finally:
+        dispose(app)
