@@ -37,7 +37,8 @@ def columns(url: str, table: str) -> set[str]:
 
 WEBHOOK_TABLES = {"webhook_endpoints", "webhook_deliveries", "webhook_attempts"}
 NOTIFICATION_TABLES = {"notification_settings", "notification_deliveries", "notification_attempts", "spent_mail_links"}
-ALL_TABLES = ({"agent_escalations", "jobs", "job_events", "spent_login_links", "decision_rules"} | WEBHOOK_TABLES
+ALL_TABLES = ({"agent_escalations", "jobs", "job_events", "spent_login_links", "decision_rules", "console_sessions"}
+              | WEBHOOK_TABLES
               | NOTIFICATION_TABLES)
 
 
@@ -70,13 +71,16 @@ def test_upgrade_downgrade_upgrade_round_trip(scratch_url):
     assert tables(scratch_url) == ALL_TABLES
     assert triggers(scratch_url) == {"webhook_deliveries_for_event"}
     assert event_id_default(scratch_url) == ("console_next_event_id()" if postgres else None)
+    migrate(scratch_url, "-1", "downgrade")  # 0009 trust: console sessions
+    assert tables(scratch_url) == ALL_TABLES - {"console_sessions"}
+    assert event_id_default(scratch_url) == ("console_next_event_id()" if postgres else None)
     migrate(scratch_url, "-1", "downgrade")  # 0008 event ids in transaction order
     assert event_id_default(scratch_url) == ("nextval('job_events_id_seq'::regclass)" if postgres else None)
-    assert tables(scratch_url) == ALL_TABLES
+    assert tables(scratch_url) == ALL_TABLES - {"console_sessions"}
     migrate(scratch_url, "-1", "downgrade")  # 0007 notifications
-    assert tables(scratch_url) == ALL_TABLES - NOTIFICATION_TABLES
+    assert tables(scratch_url) == ALL_TABLES - NOTIFICATION_TABLES - {"console_sessions"}
     assert triggers(scratch_url) == {"webhook_deliveries_for_event"}
-    before = ALL_TABLES - NOTIFICATION_TABLES
+    before = ALL_TABLES - NOTIFICATION_TABLES - {"console_sessions"}
     migrate(scratch_url, "-1", "downgrade")  # 0006 webhooks
     assert tables(scratch_url) == before - WEBHOOK_TABLES and triggers(scratch_url) == set()
     migrate(scratch_url, "-1", "downgrade")  # 0005 decision memory

@@ -248,6 +248,15 @@ def is_text(value: Any, low: int, high: int, *, not_blank: bool = False) -> bool
             and (not not_blank or bool(value.strip())))
 
 
+IDENTIFIERS = {"session_id", "job_id", "project_id", "founder_id", "error_type", "error_signature"}
+CONTROL_OR_SEPARATOR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def is_id(value: Any, low: int, high: int, *, not_blank: bool = False) -> bool:
+    """SPEC §16: an identifier is text without control characters or line separators."""
+    return is_text(value, low, high, not_blank=not_blank) and not CONTROL_OR_SEPARATOR.search(value)
+
+
 def json_equal(a: Any, b: Any) -> bool:
     """Equal as JSON documents: numbers compare as numbers (1e300 may come back as 1000…0
     from PostgreSQL's jsonb, which is the same JSON number)."""
@@ -327,7 +336,8 @@ def create_verdict(body: Any) -> str:
         return INVALID
     verdict = OK
     for field, longest in REQUIRED_CREATE.items():
-        if not is_text(body.get(field), 1, longest, not_blank=True):
+        check = is_id if field in IDENTIFIERS else is_text
+        if not check(body.get(field), 1, longest, not_blank=True):
             return INVALID
     attempts = body.get("attempts_summary", [])
     if not isinstance(attempts, list) or len(attempts) > 50 or not all(is_text(a, 1, 10_000) for a in attempts):
@@ -349,7 +359,7 @@ def create_verdict(body: Any) -> str:
         return INVALID
     if message is not None and not is_text(message, 1, 10_000):
         return INVALID
-    if signature is not None and not is_text(signature, 1, 255):
+    if signature is not None and not is_id(signature, 1, 255):
         return INVALID
     stored = {k: v for k, v in body.items() if k in REQUIRED_CREATE or k in ("attempts_summary", "options",
                                                                              "error_signature")}
@@ -622,10 +632,10 @@ def event_verdict(body: Any) -> str:
     payload = {k: v for k, v in body.items() if k not in ("type", "founder_id", "project_id")}
     if not (isinstance(body.get("type"), str) and body["type"] in AGENT_EVENT_TYPES):
         return INVALID
-    if not is_text(body.get("founder_id"), 1, 255):
+    if not is_id(body.get("founder_id"), 1, 255):
         return INVALID
     project_id = body.get("project_id")
-    if project_id is not None and not is_text(project_id, 1, 100):
+    if project_id is not None and not is_id(project_id, 1, 100):
         return INVALID
     if set(payload) & ENVELOPE_KEYS or has_surrogate(list(payload)):
         return INVALID
@@ -931,7 +941,7 @@ def test_ids_in_paths_never_fail(app, client, agent, founder, ids, escalation_bo
     # Creating under that job id: stored under exactly that id, or refused with nothing stored.
     # (A lone surrogate cannot travel in a URL: the server reads U+FFFD in its place.)
     received = raw_id.encode(errors="surrogatepass").decode(errors="replace")
-    job_ok = 1 <= len(received) <= 255
+    job_ok = 1 <= len(received) <= 255 and not CONTROL_OR_SEPARATOR.search(received.replace("\x00", ""))
     marker = ids.new("marker")
     for kind, url, body in (("escalation", f"/api/jobs/{x}/escalations", escalation_body(session_id=marker)),
                             ("event", f"/api/jobs/{x}/events",

@@ -77,7 +77,7 @@ def new_escalation(base_url: str, founder_id: str, job_id: str, tag: str, **fiel
 
 def seed_due(url: str, count: int, founders: int = 5) -> list[str]:
     """`count` escalations whose deadline has passed (created in-process, expires_in=1)."""
-    app = make_app(url)
+    app = make_app(url, MAX_PENDING_PER_JOB=1_000_000)  # a backlog on purpose
     client = app.test_client()
     ids = []
     try:
