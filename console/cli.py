@@ -10,6 +10,11 @@ from .schemas import is_identifier
 DEMO_FOUNDER = "founder-demo"
 
 
+def _interactive() -> bool:
+    """Is an operator at a terminal (who can be asked before demo data goes into PostgreSQL)?"""
+    return click.get_text_stream("stdin").isatty()
+
+
 def register(app: Flask) -> None:
     from . import webhook_cli  # noqa: PLC0415  (flask webhook add | list | remove | rotate | …)
 
@@ -87,8 +92,11 @@ def register(app: Flask) -> None:
 
         if db.engine.dialect.name != "sqlite" and not yes:
             shown = db.engine.url.render_as_string(hide_password=True)
-            raise click.ClickException(f"This would write demo data into {shown}. The demo is for the embedded "
-                                       "SQLite database; to load it into this one anyway, run it again with --yes.")
+            warning = f"This writes demo data into {shown}; the demo is for the embedded SQLite database."
+            if not _interactive():  # a script (CI, the contract suite) asked for it: say so, and go on
+                click.echo(f"Warning: {warning} (--yes skips this warning)", err=True)
+            elif not click.confirm(f"{warning} Go on?", default=False):
+                raise click.ClickException("Nothing was written. Run it with --yes to load the demo data here.")
 
         summary = load_demo_data(founder_id)
         click.echo(f"Demo data for {founder_id}: {summary}.")

@@ -384,15 +384,18 @@ def test_an_identity_provider_without_an_audience_refuses_to_start(tmp_path):
                     "AGENT_TOKEN": "a" * 32, "JWKS_URL": "https://id.example/.well-known/jwks.json"})
 
 
-def test_demo_data_goes_into_postgresql_only_with_yes(configured_app, dialect):
+def test_demo_data_goes_into_postgresql_only_when_the_operator_agrees(configured_app, dialect, monkeypatch):
     if dialect != "postgresql":
         pytest.skip("the embedded SQLite database is the demo's own")
+    import console.cli
+
     app = configured_app()
     founder_id = f"founder-demo-{uuid.uuid4().hex[:8]}"
-    refused = app.test_cli_runner().invoke(args=["demo", "--founder", founder_id])
-    assert refused.exit_code == 1 and "run it again with --yes" in refused.output
     client = app.test_client()
     headers = {"Authorization": f"Bearer {mint_jwt(founder_id)}"}
+    monkeypatch.setattr(console.cli, "_interactive", lambda: True)  # an operator at a terminal
+    refused = app.test_cli_runner().invoke(args=["demo", "--founder", founder_id], input="n\n")
+    assert refused.exit_code == 1 and "Nothing was written" in refused.output
     assert client.get("/api/escalations", headers=headers).get_json()["items"] == []
     loaded = app.test_cli_runner().invoke(args=["demo", "--founder", founder_id, "--yes"])
     assert loaded.exit_code == 0, loaded.output
