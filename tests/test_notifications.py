@@ -537,6 +537,16 @@ def _form(page: str) -> dict:
     return {name: re.search(rf'name="{name}" value="([^"]*)"', page).group(1) for name in ("t", "form_token")}
 
 
+def _opened_link(app, founder: Founder, decision: str):
+    """A new question, its e-mail link for `decision`, a browser without a session that opened
+    the link, and the fields of the page's form."""
+    escalation = founder.escalate()
+    with app.test_request_context():
+        link = service.decision_link(uuid.UUID(escalation["id"]), founder.founder_id, decision)
+    browser = app.test_client()
+    return escalation, link, browser, _form(browser.get(link.removeprefix(BASE_URL)).get_data(as_text=True))
+
+
 def test_an_option_link_decides_its_one_question_and_signs_nobody_in(app, founder):
     escalation = founder.escalate()
     other_question = founder.escalate()
@@ -568,11 +578,7 @@ def test_an_option_link_decides_its_one_question_and_signs_nobody_in(app, founde
 
 
 def test_an_option_link_needs_its_form_token_and_guidance_where_the_option_asks(app, founder):
-    escalation = founder.escalate()
-    with app.test_request_context():
-        link = service.decision_link(uuid.UUID(escalation["id"]), founder.founder_id, "provide_guidance")
-    browser = app.test_client()
-    form = _form(browser.get(link.removeprefix(BASE_URL)).get_data(as_text=True))
+    escalation, link, browser, form = _opened_link(app, founder, "provide_guidance")
     assert browser.post("/mail/open", data={"t": form["t"]}).status_code == 400  # no form token: a forged post
     assert browser.post("/mail/open", data={**form, "form_token": "0" * 64}).status_code == 400
     missing = browser.post("/mail/open", data={**form, "guidance": "  "})
@@ -586,11 +592,7 @@ def test_an_option_link_needs_its_form_token_and_guidance_where_the_option_asks(
 
 
 def test_an_option_link_of_a_question_settled_elsewhere_shows_the_settled_card(app, founder):
-    escalation = founder.escalate()
-    with app.test_request_context():
-        link = service.decision_link(uuid.UUID(escalation["id"]), founder.founder_id, "skip_feature")
-    browser = app.test_client()
-    form = _form(browser.get(link.removeprefix(BASE_URL)).get_data(as_text=True))
+    escalation, link, browser, form = _opened_link(app, founder, "skip_feature")
     resolved = founder.client.post(f"/api/escalations/{escalation['id']}/resolve", headers=founder.headers,
                                    json={"decision": "simpler_version"})
     assert resolved.status_code == 200

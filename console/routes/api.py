@@ -18,8 +18,8 @@ from ..schemas import (
 from ..services import escalations as escalation_service
 from ..services import jobs as job_service
 from ..services import memory as memory_service
-from ..stream_slots import stream_slot
 from ..services import notifications as notification_service
+from ..stream_slots import stream_slot
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

@@ -11,13 +11,13 @@ from typing import Callable
 from flask import (
     Blueprint, Response, current_app, redirect, render_template, request, session, stream_with_context, url_for,
 )
+from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeoutError
 
 from ..auth import (
     Principal, current_founder_id, end_console_session, end_every_console_session, start_console_session,
     verify_founder_token_until,
 )
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
-from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeoutError
 from ..events import event_envelope, latest_visible_event_id
 from ..cards import CARD, CLOCK_FILTERS, SUMMARY, form_csrf_token, render_card, render_cards
 from ..live import (
